@@ -1,0 +1,79 @@
+// vmoe bench [-m MODEL] [--batch B] [--threads T] [--seconds S] [--json]
+#include <omp.h>
+
+#include <fmt/core.h>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "model/benchmark.hpp"
+
+namespace vmoe::cli {
+
+namespace {
+struct BenchArgs {
+  std::string model;
+  int batch = 64;
+  int threads = 0;
+  double seconds = 3.0;
+  bool json = false;
+  bool no_ceiling = false;
+  RoutingFlags routing;
+};
+}  // namespace
+
+Run add_bench(CLI::App& root) {
+  auto args = std::make_shared<BenchArgs>();
+  CLI::App* app = root.add_subcommand("bench", "images/s, GFLOP/s and a per-stage breakdown on random images");
+  add_model_option(*app, args->model);
+  app->add_option("--batch", args->batch, "images per forward pass")->check(CLI::Range(1, 4096));
+  app->add_option("--threads", args->threads, "OpenMP threads (default: all cores)")->check(CLI::Range(1, 1024));
+  app->add_option("--seconds", args->seconds, "minimum timed duration")->check(CLI::Range(0.0, 3600.0));
+  add_routing_options(*app, args->routing);
+  app->add_flag("--no-ceiling", args->no_ceiling, "skip the large-matmul ceiling measurement");
+  app->add_flag("--json", args->json, "print JSON");
+  return [args] {
+    if (args->threads > 0) omp_set_num_threads(args->threads);
+    const std::string path = resolve_model_path(args->model);
+    Model model = load_model(path);
+    Engine engine(model);
+    engine.set_routing(args->routing.overrides());
+    BenchResult r = benchmark_engine(engine, args->batch, args->seconds);
+    std::optional<MatmulCeiling> ceiling;
+    if (!args->no_ceiling) ceiling = measure_matmul_ceiling();
+    const StageTimes& s = r.stages;
+    const std::pair<const char*, double> stages[] = {
+        {"embedding", s.embedding}, {"attention", s.attention},        {"layer norms", s.norms},
+        {"router", s.router},       {"dispatch/combine", s.dispatch_combine}, {"expert MLPs", s.experts},
+        {"dense MLPs", s.dense_mlp}, {"head", s.head}};
+    const int threads = omp_get_max_threads();
+    if (args->json) {
+      nlohmann::json stage_ms;
+      for (auto& [name, secs] : stages) stage_ms[name] = 1e3 * secs / r.iterations;
+      nlohmann::json j{{"model", path},         {"batch", r.batch},
+                       {"threads", threads},    {"iterations", r.iterations},
+                       {"images_per_s", r.images_per_s}, {"gflops_per_image", r.gflops_per_image},
+                       {"gflops_per_s", r.gflops_per_s}, {"stage_ms_per_batch", stage_ms}};
+      if (ceiling) j["matmul_ceiling"] = {{"m", ceiling->m}, {"k", ceiling->k}, {"n", ceiling->n},
+                                          {"gflops_per_s", ceiling->gflops_per_s}, {"impl", ceiling->impl}};
+      fmt::print("{}\n", j.dump());
+      return;
+    }
+    fmt::print("model        {}\n", path);
+    fmt::print("batch        {} images, {} threads, {} timed passes in {:.2f} s\n", r.batch, threads, r.iterations, r.seconds);
+    fmt::print("throughput   {:.1f} images/s, {:.1f} GFLOP/s ({:.4f} GFLOPs per image)\n", r.images_per_s,
+               r.gflops_per_s, r.gflops_per_image);
+    if (ceiling)
+      fmt::print("ceiling      {:.1f} GFLOP/s on one {}x{}x{} matmul ({}): engine reaches {:.0f}%\n",
+                 ceiling->gflops_per_s, ceiling->m, ceiling->k, ceiling->n, ceiling->impl,
+                 100.0 * r.gflops_per_s / ceiling->gflops_per_s);
+    const double total = s.total();
+    fmt::print("stages       (ms per batch, share of timed stages)\n");
+    for (auto& [name, secs] : stages)
+      if (secs > 0) fmt::print("  {:<18} {:9.3f} ms  {:5.1f}%\n", name, 1e3 * secs / r.iterations, 100.0 * secs / total);
+    fmt::print("kernels      (oneDNN implementation of each primitive created)\n");
+    for (const std::string& p : r.primitives) fmt::print("  {}\n", p);
+  };
+}
+
+}  // namespace vmoe::cli

@@ -1,0 +1,40 @@
+#pragma once
+// Each subcommand registers its options on the root app and returns what to run once
+// parsing succeeded. Subcommands parse and print; the library does the work.
+#include <functional>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "model/config.hpp"
+
+namespace vmoe::cli {
+
+// Bad usage discovered after parsing (exit code 2).
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+using Run = std::function<void()>;
+
+Run add_classify(CLI::App& root);
+Run add_info(CLI::App& root);
+Run add_init(CLI::App& root);
+Run add_bench(CLI::App& root);
+
+// -m MODEL: given, else $VMOE_MODEL, else the bundled default next to the binary.
+std::string resolve_model_path(const std::string& given);
+void add_model_option(CLI::App& app, std::string& model);
+
+// --capacity-factor, --routing bpr|vanilla, --group-images
+struct RoutingFlags {
+  std::optional<double> capacity_factor;
+  std::string routing;
+  std::optional<int> group_images;
+  RoutingOverrides overrides() const;
+};
+void add_routing_options(CLI::App& app, RoutingFlags& flags, bool with_capacity_factor = true);
+
+}  // namespace vmoe::cli

@@ -1,0 +1,53 @@
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "commands.hpp"
+
+namespace vmoe::cli {
+
+namespace fs = std::filesystem;
+
+std::string resolve_model_path(const std::string& given) {
+  if (!given.empty()) return given;
+  if (const char* env = std::getenv("VMOE_MODEL"); env && *env) return env;
+  // The binary lives in build/ (or bin/ when installed); bundled models in data/models
+  // (or share/vmoe/models).
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  std::vector<fs::path> roots;
+  if (!ec) roots = {exe.parent_path().parent_path() / "data" / "models",
+                    exe.parent_path().parent_path() / "share" / "vmoe" / "models"};
+  roots.push_back(fs::path("data") / "models");
+  for (const fs::path& root : roots) {
+    fs::path candidate = root / "vmoe-fmnist.safetensors";
+    if (fs::exists(candidate, ec)) return candidate.string();
+  }
+  throw UsageError("no model given and no bundled default (data/models/vmoe-fmnist.safetensors) found: pass -m MODEL or set VMOE_MODEL");
+}
+
+void add_model_option(CLI::App& app, std::string& model) {
+  app.add_option("-m,--model", model, "model file (.safetensors); default: $VMOE_MODEL or the bundled model");
+}
+
+RoutingOverrides RoutingFlags::overrides() const {
+  RoutingOverrides o;
+  o.capacity_factor = capacity_factor;
+  if (routing == "bpr") o.batch_priority = true;
+  else if (routing == "vanilla") o.batch_priority = false;
+  o.group_images = group_images;
+  return o;
+}
+
+void add_routing_options(CLI::App& app, RoutingFlags& flags, bool with_capacity_factor) {
+  if (with_capacity_factor)
+    app.add_option("--capacity-factor", flags.capacity_factor, "expert capacity factor (overrides the model's)")
+        ->check(CLI::PositiveNumber);
+  app.add_option("--routing", flags.routing, "bpr (batch priority) or vanilla (token order)")
+      ->check(CLI::IsMember({"bpr", "vanilla"}));
+  app.add_option("--group-images", flags.group_images, "images routed together in one group (default: model's, 1)")
+      ->check(CLI::PositiveNumber);
+}
+
+}  // namespace vmoe::cli

@@ -1,0 +1,39 @@
+// vmoe: see and measure what Mixture-of-Experts routers do to images.
+#include <cstdio>
+
+#include <fmt/core.h>
+
+#include "commands.hpp"
+#include "core/error.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"vmoe: Vision Mixture-of-Experts on CPU (V-MoE, experts-choice, Soft-MoE)"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "vmoe 0.1");
+  const std::pair<std::string, vmoe::cli::Run> commands[] = {
+      {"classify", vmoe::cli::add_classify(app)},
+      {"info", vmoe::cli::add_info(app)},
+      {"init", vmoe::cli::add_init(app)},
+      {"bench", vmoe::cli::add_bench(app)},
+  };
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+  try {
+    for (const auto& [name, run] : commands)
+      if (app.got_subcommand(name)) run();
+  } catch (const vmoe::cli::UsageError& e) {
+    fmt::print(stderr, "vmoe: error: {}\n", e.what());
+    return 2;
+  } catch (const vmoe::Error& e) {
+    fmt::print(stderr, "vmoe: error: {}\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "vmoe: error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,174 @@
+#include "io/config_json.hpp"
+
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+
+namespace vmoe {
+namespace {
+
+using json = nlohmann::json;
+
+void reject_unknown_keys(const json& object, const std::set<std::string>& known, const std::string& where) {
+  if (!object.is_object()) fail("config: {} must be a JSON object", where);
+  for (auto it = object.begin(); it != object.end(); ++it)
+    if (!known.count(it.key())) fail("config: unknown key \"{}{}\"", where.empty() ? "" : where + ".", it.key());
+}
+
+template <typename T>
+T get_or(const json& object, const char* key, T fallback, const std::string& where) {
+  auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return fallback;
+  try {
+    return it->get<T>();
+  } catch (const json::exception&) {
+    fail("config: \"{}{}\" has the wrong type", where.empty() ? "" : where + ".", key);
+  }
+}
+
+template <typename T>
+T get_required(const json& object, const char* key, const std::string& where) {
+  if (!object.contains(key) || object[key].is_null())
+    fail("config: missing required key \"{}{}\"", where.empty() ? "" : where + ".", key);
+  return get_or<T>(object, key, T{}, where);
+}
+
+int get_int(const json& object, const char* key, int fallback, const std::string& where, bool required = false) {
+  auto it = object.find(key);
+  if (it == object.end() || it->is_null()) {
+    if (required) fail("config: missing required key \"{}{}\"", where.empty() ? "" : where + ".", key);
+    return fallback;
+  }
+  if (!it->is_number_integer()) fail("config: \"{}{}\" must be an integer", where.empty() ? "" : where + ".", key);
+  long long v = it->get<long long>();
+  if (v < -(1LL << 30) || v > (1LL << 30)) fail("config: \"{}{}\" = {} is out of range", where.empty() ? "" : where + ".", key, v);
+  return static_cast<int>(v);
+}
+
+template <typename Enum>
+Enum get_enum(const json& object, const char* key, Enum fallback, const std::string& where,
+              std::initializer_list<std::pair<const char*, Enum>> names) {
+  std::string value = get_or<std::string>(object, key, "", where);
+  if (value.empty()) return fallback;
+  std::string allowed;
+  for (auto& [name, e] : names) {
+    if (value == name) return e;
+    allowed += (allowed.empty() ? "" : "|") + std::string(name);
+  }
+  fail("config: \"{}{}\" is \"{}\", expected {}", where.empty() ? "" : where + ".", key, value, allowed);
+}
+
+}  // namespace
+
+ModelConfig parse_config_json(const std::string& text) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    fail("config: not valid JSON ({})", e.what());
+  }
+  reject_unknown_keys(j, {"format", "version", "image", "patch", "hidden_size", "num_layers", "num_heads", "mlp_dim",
+                          "classifier", "representation_size", "layer_norm_eps", "labels", "num_classes", "moe"},
+                      "");
+  if (get_required<std::string>(j, "format", "") != "vmoe") fail("config: \"format\" must be \"vmoe\"");
+  if (int v = get_int(j, "version", 0, "", true); v != 1) fail("config: unsupported version {}", v);
+
+  ModelConfig c;
+  if (!j.contains("image")) fail("config: missing required key \"image\"");
+  const json& im = j["image"];
+  reject_unknown_keys(im, {"height", "width", "channels", "resize", "resize_small", "value_range"}, "image");
+  c.image.height = get_int(im, "height", 0, "image", true);
+  c.image.width = get_int(im, "width", 0, "image", true);
+  c.image.channels = get_int(im, "channels", 0, "image", true);
+  c.image.resize = get_enum(im, "resize", Resize::none, "image",
+                            {{"none", Resize::none}, {"stretch", Resize::stretch}, {"resize_small_crop", Resize::resize_small_crop}});
+  c.image.resize_small = get_int(im, "resize_small", 256, "image");
+  auto range = get_or<std::vector<double>>(im, "value_range", {-1.0, 1.0}, "image");
+  if (range.size() != 2) fail("config: image.value_range must have two numbers");
+  c.image.value_min = static_cast<float>(range[0]);
+  c.image.value_max = static_cast<float>(range[1]);
+
+  if (!j.contains("patch") || !j["patch"].is_array() || j["patch"].size() != 2 || !j["patch"][0].is_number_integer() ||
+      !j["patch"][1].is_number_integer())
+    fail("config: \"patch\" must be [height, width]");
+  c.patch_h = j["patch"][0].get<int>();
+  c.patch_w = j["patch"][1].get<int>();
+  c.hidden_size = get_int(j, "hidden_size", 0, "", true);
+  c.num_layers = get_int(j, "num_layers", 0, "", true);
+  c.num_heads = get_int(j, "num_heads", 0, "", true);
+  c.mlp_dim = get_int(j, "mlp_dim", 0, "", true);
+  c.classifier = get_enum(j, "classifier", Classifier::token, "", {{"token", Classifier::token}, {"gap", Classifier::gap}});
+  if (j.contains("representation_size") && !j["representation_size"].is_null())
+    c.representation_size = get_int(j, "representation_size", 0, "");
+  c.layer_norm_eps = get_or<double>(j, "layer_norm_eps", 1e-6, "");
+  c.labels = get_or<std::vector<std::string>>(j, "labels", {}, "");
+  c.num_classes = get_int(j, "num_classes", static_cast<int>(c.labels.size()), "");
+  if (c.num_classes == 0) fail("config: needs \"labels\" or \"num_classes\"");
+
+  if (j.contains("moe") && !j["moe"].is_null()) {
+    const json& m = j["moe"];
+    reject_unknown_keys(m, {"layers", "router", "num_experts", "k", "capacity_factor", "capacity_rounding",
+                            "capacity_multiple_of", "batch_priority", "group_images", "noise_std", "slots_per_expert"},
+                        "moe");
+    MoeConfig moe;
+    moe.layers = get_required<std::vector<int>>(m, "layers", "moe");
+    moe.router = get_enum(m, "router", RouterKind::top_k, "moe",
+                          {{"top_k", RouterKind::top_k}, {"experts_choice", RouterKind::experts_choice}, {"soft", RouterKind::soft}});
+    moe.num_experts = get_int(m, "num_experts", moe.num_experts, "moe");
+    moe.k = get_int(m, "k", moe.k, "moe");
+    moe.capacity_factor = get_or<double>(m, "capacity_factor", moe.capacity_factor, "moe");
+    moe.capacity_rounding = get_enum(m, "capacity_rounding", CapacityRounding::ceil, "moe",
+                                     {{"ceil", CapacityRounding::ceil}, {"round", CapacityRounding::round}});
+    moe.capacity_multiple_of = get_int(m, "capacity_multiple_of", moe.capacity_multiple_of, "moe");
+    moe.batch_priority = get_or<bool>(m, "batch_priority", moe.batch_priority, "moe");
+    moe.group_images = get_int(m, "group_images", moe.group_images, "moe");
+    moe.noise_std = get_or<double>(m, "noise_std", moe.noise_std, "moe");
+    moe.slots_per_expert = get_int(m, "slots_per_expert", moe.slots_per_expert, "moe");
+    if (!moe.layers.empty()) c.moe = moe;
+  }
+  c.validate();
+  return c;
+}
+
+std::string config_to_json(const ModelConfig& c) {
+  json j;
+  j["format"] = "vmoe";
+  j["version"] = 1;
+  j["image"] = {{"height", c.image.height},
+                {"width", c.image.width},
+                {"channels", c.image.channels},
+                {"resize", to_string(c.image.resize)},
+                {"resize_small", c.image.resize_small},
+                {"value_range", {c.image.value_min, c.image.value_max}}};
+  j["patch"] = {c.patch_h, c.patch_w};
+  j["hidden_size"] = c.hidden_size;
+  j["num_layers"] = c.num_layers;
+  j["num_heads"] = c.num_heads;
+  j["mlp_dim"] = c.mlp_dim;
+  j["classifier"] = to_string(c.classifier);
+  j["representation_size"] = c.representation_size ? json(*c.representation_size) : json(nullptr);
+  j["layer_norm_eps"] = c.layer_norm_eps;
+  if (!c.labels.empty()) j["labels"] = c.labels;
+  j["num_classes"] = c.num_classes;
+  if (c.moe) {
+    const MoeConfig& m = *c.moe;
+    j["moe"] = {{"layers", m.layers},
+                {"router", to_string(m.router)},
+                {"num_experts", m.num_experts},
+                {"k", m.k},
+                {"capacity_factor", m.capacity_factor},
+                {"capacity_rounding", m.capacity_rounding == CapacityRounding::ceil ? "ceil" : "round"},
+                {"capacity_multiple_of", m.capacity_multiple_of},
+                {"batch_priority", m.batch_priority},
+                {"group_images", m.group_images},
+                {"noise_std", m.noise_std},
+                {"slots_per_expert", m.slots_per_expert}};
+  } else {
+    j["moe"] = nullptr;
+  }
+  return j.dump();
+}
+
+}  // namespace vmoe

@@ -1,0 +1,74 @@
+#pragma once
+// Every hyper-parameter of a model, in one struct (DESIGN §3). Parsing and writing the
+// JSON form lives in io/config_json.
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace vmoe {
+
+enum class Resize { none, stretch, resize_small_crop };
+enum class Classifier { token, gap };
+enum class RouterKind { top_k, experts_choice, soft };
+enum class CapacityRounding { ceil, round };
+
+struct ImageConfig {
+  int height = 28, width = 28, channels = 1;
+  Resize resize = Resize::none;
+  int resize_small = 256;
+  float value_min = -1.0f, value_max = 1.0f;
+};
+
+struct MoeConfig {
+  std::vector<int> layers;  // encoder blocks whose MLP is an MoE layer
+  RouterKind router = RouterKind::top_k;
+  int num_experts = 8;
+  int k = 2;
+  double capacity_factor = 1.05;
+  CapacityRounding capacity_rounding = CapacityRounding::ceil;
+  int capacity_multiple_of = 4;
+  bool batch_priority = true;
+  int group_images = 1;
+  double noise_std = 1.0;
+  int slots_per_expert = 1;
+};
+
+struct ModelConfig {
+  ImageConfig image;
+  int patch_h = 4, patch_w = 4;
+  int hidden_size = 96;
+  int num_layers = 6;
+  int num_heads = 3;
+  int mlp_dim = 384;
+  Classifier classifier = Classifier::token;
+  std::optional<int> representation_size;
+  double layer_norm_eps = 1e-6;
+  std::vector<std::string> labels;  // empty when only num_classes is known
+  int num_classes = 0;
+  std::optional<MoeConfig> moe;
+
+  int grid_h() const { return image.height / patch_h; }
+  int grid_w() const { return image.width / patch_w; }
+  int num_patches() const { return grid_h() * grid_w(); }
+  int num_tokens() const { return num_patches() + (classifier == Classifier::token ? 1 : 0); }
+  int head_dim() const { return hidden_size / num_heads; }
+  int pooled_size() const { return representation_size.value_or(hidden_size); }
+  bool is_moe_layer(int block) const;
+  std::string label(int index) const;  // falls back to "class_<i>"
+
+  void validate() const;  // throws vmoe::Error naming the offending field
+};
+
+const char* to_string(RouterKind r);
+const char* to_string(Classifier c);
+const char* to_string(Resize r);
+
+// Routing knobs a user may override per run (DESIGN §3: every routing field).
+struct RoutingOverrides {
+  std::optional<double> capacity_factor;
+  std::optional<bool> batch_priority;  // --routing bpr|vanilla
+  std::optional<int> group_images;
+};
+MoeConfig apply_overrides(MoeConfig moe, const RoutingOverrides& o);
+
+}  // namespace vmoe

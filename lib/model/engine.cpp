@@ -1,0 +1,185 @@
+#include "model/engine.hpp"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/error.hpp"
+#include "nn/attention.hpp"
+
+namespace vmoe {
+
+using nn::Activation;
+using nn::GemmSpec;
+
+Engine::Engine(const Model& model) : model_(model) {
+  const ModelConfig& c = model.config;
+  const int64_t D = c.hidden_size;
+  if (c.moe) routing_ = c.moe;
+  packed_.resize(c.num_layers);
+  for (int i = 0; i < c.num_layers; ++i) {
+    const BlockParams& b = model.params.blocks[i];
+    PackedBlock& p = packed_[i];
+    p.qkv_kernel = Tensor({D, 3 * D});
+    p.qkv_bias = Tensor({3 * D});
+    const Tensor* kernels[3] = {&b.query_kernel, &b.key_kernel, &b.value_kernel};
+    const Tensor* biases[3] = {&b.query_bias, &b.key_bias, &b.value_bias};
+    for (int j = 0; j < 3; ++j) {
+      for (int64_t r = 0; r < D; ++r)
+        std::memcpy(p.qkv_kernel.data() + r * 3 * D + j * D, kernels[j]->data() + r * D, sizeof(float) * D);
+      std::memcpy(p.qkv_bias.data() + j * D, biases[j]->data(), sizeof(float) * D);
+    }
+    if (c.is_moe_layer(i) && c.moe->router == RouterKind::soft) {
+      const int64_t slots = int64_t{c.moe->num_experts} * c.moe->slots_per_expert;
+      p.soft_mu = Tensor({D, slots});
+      soft_normalised_mu(p.soft_mu.data(), b.router_mu.data(), b.router_scale[0], D, slots);
+    }
+  }
+}
+
+void Engine::set_routing(const RoutingOverrides& overrides) {
+  if (!model_.config.moe) return;
+  routing_ = apply_overrides(*model_.config.moe, overrides);
+}
+
+// x (B*T, D): row b*T + 0 is cls + pos[0] (token classifier), the rest
+// patch @ embedding_kernel + embedding_bias + pos, patches row-major over the grid.
+void Engine::embed(float* x, const float* images, int B, StageTimes* times) {
+  ScopedStage stage(times, &StageTimes::embedding);
+  const ModelConfig& c = model_.config;
+  const int ph = c.patch_h, pw = c.patch_w, C = c.image.channels, W = c.image.width;
+  const int gh = c.grid_h(), gw = c.grid_w();
+  const int64_t np = c.num_patches(), T = c.num_tokens(), D = c.hidden_size, patch_len = int64_t{ph} * pw * C;
+  const int64_t off = T - np;  // 1 with a CLS token
+  float* patches = patches_.reserve(B * np * patch_len);
+  // im2col: patch (gy, gx) row holds pixels (py, px, ch) in the kernel's (ph, pw, C) order.
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int gy = 0; gy < gh; ++gy)
+      for (int gx = 0; gx < gw; ++gx) {
+        float* row = patches + ((b * gh + gy) * gw + gx) * patch_len;
+        for (int py = 0; py < ph; ++py) {
+          const float* src = images + ((b * c.image.height + gy * ph + py) * W + gx * pw) * C;
+          std::memcpy(row + int64_t{py} * pw * C, src, sizeof(float) * pw * C);
+        }
+      }
+  GemmSpec s;
+  s.m = B * np, s.k = patch_len, s.n = D, s.bias = true;
+  float* embedded = embedded_.reserve(B * np * D);
+  cache_.gemm(s).run(embedded, patches, model_.params.embedding_kernel.data(), model_.params.embedding_bias.data());
+  const float* pos = model_.params.pos_embedding.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < B; ++b) {
+    if (off) {
+      for (int64_t d = 0; d < D; ++d) x[b * T * D + d] = model_.params.cls[d] + pos[d];
+    }
+    for (int64_t p = 0; p < np; ++p)
+      for (int64_t d = 0; d < D; ++d)
+        x[(b * T + off + p) * D + d] = embedded[(b * np + p) * D + d] + pos[(off + p) * D + d];
+  }
+}
+
+// x = x + Attn(LN_0(x)); x = x + MLP_or_MoE(LN_1(x))
+void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* times) {
+  const ModelConfig& c = model_.config;
+  const BlockParams& b = model_.params.blocks[i];
+  const int64_t T = c.num_tokens(), D = c.hidden_size, H = c.num_heads, M = c.mlp_dim, N = B * T;
+  const float eps = static_cast<float>(c.layer_norm_eps);
+  const nn::LayerNorm& norm = cache_.layer_norm(N, D, eps);
+  float* h = h_.reserve(N * D);
+  {
+    ScopedStage stage(times, &StageTimes::norms);
+    norm.run(h, x, b.ln0_scale.data(), b.ln0_bias.data());
+  }
+  {
+    ScopedStage stage(times, &StageTimes::attention);
+    GemmSpec qkv_spec;
+    qkv_spec.m = N, qkv_spec.k = D, qkv_spec.n = 3 * D, qkv_spec.bias = true;
+    float* qkv = qkv_.reserve(N * 3 * D);
+    cache_.gemm(qkv_spec).run(qkv, h, packed_[i].qkv_kernel.data(), packed_[i].qkv_bias.data());
+    float* attn = attn_.reserve(N * D);
+    nn::attention_forward(attn, scores_.reserve(H * T * T), qkv, B, T, H, D / H, cache_);
+    GemmSpec out_spec;  // x += attn @ out_kernel + out_bias
+    out_spec.m = N, out_spec.k = D, out_spec.n = D, out_spec.bias = true, out_spec.beta = 1.0f;
+    cache_.gemm(out_spec).run(x, attn, b.out_kernel.data(), b.out_bias.data());
+  }
+  {
+    ScopedStage stage(times, &StageTimes::norms);
+    norm.run(h, x, b.ln1_scale.data(), b.ln1_bias.data());
+  }
+  if (c.is_moe_layer(i)) {
+    MoeWeights w{b.mlp0_kernel.data(), b.mlp0_bias.data(), b.mlp1_kernel.data(), b.mlp1_bias.data(),
+                 b.router_kernel.data(), packed_[i].soft_mu.data()};
+    MoeShape shape{N, static_cast<int>(T), static_cast<int>(D), static_cast<int>(M)};
+    moe_forward(x, h, shape, *routing_, w, moe_ws_, cache_, trace, times);
+    return;
+  }
+  ScopedStage stage(times, &StageTimes::dense_mlp);
+  GemmSpec up;  // hidden = GELU(h @ W0 + b0)
+  up.m = N, up.k = D, up.n = M, up.bias = true, up.activation = Activation::gelu_tanh;
+  GemmSpec down;  // x += hidden @ W1 + b1
+  down.m = N, down.k = M, down.n = D, down.bias = true, down.beta = 1.0f;
+  float* hidden = hidden_.reserve(N * M);
+  cache_.gemm(up).run(hidden, h, b.mlp0_kernel.data(), b.mlp0_bias.data());
+  cache_.gemm(down).run(x, hidden, b.mlp1_kernel.data(), b.mlp1_bias.data());
+}
+
+// logits = head(pre_logits?(pool(encoder_norm(x))))
+void Engine::head(float* logits, const float* x, int B, StageTimes* times) {
+  const ModelConfig& c = model_.config;
+  const VitParams& p = model_.params;
+  const int64_t T = c.num_tokens(), D = c.hidden_size, N = B * T;
+  float* h = h_.reserve(N * D);
+  {
+    ScopedStage stage(times, &StageTimes::norms);
+    cache_.layer_norm(N, D, static_cast<float>(c.layer_norm_eps))
+        .run(h, x, p.encoder_norm_scale.data(), p.encoder_norm_bias.data());
+  }
+  ScopedStage stage(times, &StageTimes::head);
+  float* pooled = pooled_.reserve(B * D);
+  for (int64_t b = 0; b < B; ++b) {
+    if (c.classifier == Classifier::token) {
+      std::memcpy(pooled + b * D, h + b * T * D, sizeof(float) * D);
+      continue;
+    }
+    for (int64_t d = 0; d < D; ++d) {
+      float sum = 0;
+      for (int64_t t = 0; t < T; ++t) sum += h[(b * T + t) * D + d];
+      pooled[b * D + d] = sum / static_cast<float>(T);
+    }
+  }
+  const float* features = pooled;
+  int64_t width = D;
+  if (c.representation_size) {
+    width = *c.representation_size;
+    GemmSpec s;
+    s.m = B, s.k = D, s.n = width, s.bias = true, s.activation = Activation::tanh;
+    float* pre = pre_logits_.reserve(B * width);
+    cache_.gemm(s).run(pre, pooled, p.pre_logits_kernel.data(), p.pre_logits_bias.data());
+    features = pre;
+  }
+  GemmSpec s;
+  s.m = B, s.k = width, s.n = c.num_classes, s.bias = true;
+  cache_.gemm(s).run(logits, features, p.head_kernel.data(), p.head_bias.data());
+}
+
+void Engine::forward(float* logits, const float* images, int B, RoutingTrace* trace, StageTimes* times) {
+  if (B <= 0) fail("forward: batch of {} images", B);
+  const ModelConfig& c = model_.config;
+  const int64_t N = int64_t{B} * c.num_tokens();
+  float* x = x_.reserve(N * c.hidden_size);
+  embed(x, images, B, times);
+  if (trace) trace->layers.clear();
+  for (int i = 0; i < c.num_layers; ++i) {
+    MoeLayerTrace* layer_trace = nullptr;
+    if (trace && c.is_moe_layer(i)) {
+      trace->layers.emplace_back();
+      layer_trace = &trace->layers.back();
+      layer_trace->layer = i;
+      layer_trace->detail = trace->detail;
+    }
+    block(x, i, B, layer_trace, times);
+  }
+  head(logits, x, B, times);
+}
+
+}  // namespace vmoe

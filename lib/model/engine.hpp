@@ -1,0 +1,49 @@
+#pragma once
+// Inference: a loaded model plus what is derived from it once (packed QKV weights,
+// normalised Soft-MoE slots) and the primitives and buffers of each batch size seen.
+#include <vector>
+
+#include "core/stage_times.hpp"
+#include "model/params.hpp"
+#include "model/routing_trace.hpp"
+#include "moe/moe_layer.hpp"
+#include "nn/primitive_cache.hpp"
+#include "tensor/tensor.hpp"
+
+namespace vmoe {
+
+class Engine {
+ public:
+  explicit Engine(const Model& model);
+
+  const ModelConfig& config() const { return model_.config; }
+  const Model& model() const { return model_; }
+  // Routing used from now on: the config's MoE fields with these overrides applied.
+  void set_routing(const RoutingOverrides& overrides);
+  const MoeConfig* routing() const { return routing_ ? &*routing_ : nullptr; }
+
+  // images: (B, H, W, C) already mapped onto the value range. logits: (B, classes).
+  // trace (optional) receives one entry per MoE layer; times (optional) adds stage times.
+  void forward(float* logits, const float* images, int B, RoutingTrace* trace = nullptr, StageTimes* times = nullptr);
+
+  size_t primitives_created() const { return cache_.size(); }
+
+ private:
+  struct PackedBlock {
+    Tensor qkv_kernel;  // (D, 3D)   [query | key | value] columns, heads inside each
+    Tensor qkv_bias;  // (3D)
+    Tensor soft_mu;  // (D, E*P)  scale * mu normalised over D
+  };
+  void embed(float* x, const float* images, int B, StageTimes* times);
+  void block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* times);
+  void head(float* logits, const float* x, int B, StageTimes* times);
+
+  const Model& model_;
+  std::optional<MoeConfig> routing_;
+  std::vector<PackedBlock> packed_;
+  nn::PrimitiveCache cache_;
+  Scratch patches_, embedded_, x_, h_, qkv_, attn_, scores_, hidden_, pooled_, pre_logits_;
+  MoeWorkspace moe_ws_;
+};
+
+}  // namespace vmoe

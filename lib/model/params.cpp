@@ -1,0 +1,118 @@
+#include "model/params.hpp"
+
+#include <set>
+
+#include "core/error.hpp"
+#include "io/config_json.hpp"
+
+namespace vmoe {
+
+std::vector<ParamSlot> param_slots(VitParams& p, const ModelConfig& c) {
+  const int64_t D = c.hidden_size, H = c.num_heads, Dh = c.head_dim(), M = c.mlp_dim;
+  const int64_t C = c.image.channels, T = c.num_tokens();
+  std::vector<ParamSlot> s;
+  s.push_back({"embedding/kernel", {c.patch_h, c.patch_w, C, D}, &p.embedding_kernel});
+  s.push_back({"embedding/bias", {D}, &p.embedding_bias});
+  if (c.classifier == Classifier::token) s.push_back({"cls", {1, 1, D}, &p.cls});
+  s.push_back({"Encoder/posembed_input/pos_embedding", {1, T, D}, &p.pos_embedding});
+  if (static_cast<int>(p.blocks.size()) != c.num_layers) p.blocks.resize(c.num_layers);
+  for (int i = 0; i < c.num_layers; ++i) {
+    BlockParams& b = p.blocks[i];
+    const std::string pre = "Encoder/encoderblock_" + std::to_string(i) + "/";
+    s.push_back({pre + "LayerNorm_0/scale", {D}, &b.ln0_scale});
+    s.push_back({pre + "LayerNorm_0/bias", {D}, &b.ln0_bias});
+    s.push_back({pre + "SelfAttention/query/kernel", {D, H, Dh}, &b.query_kernel});
+    s.push_back({pre + "SelfAttention/query/bias", {H, Dh}, &b.query_bias});
+    s.push_back({pre + "SelfAttention/key/kernel", {D, H, Dh}, &b.key_kernel});
+    s.push_back({pre + "SelfAttention/key/bias", {H, Dh}, &b.key_bias});
+    s.push_back({pre + "SelfAttention/value/kernel", {D, H, Dh}, &b.value_kernel});
+    s.push_back({pre + "SelfAttention/value/bias", {H, Dh}, &b.value_bias});
+    s.push_back({pre + "SelfAttention/out/kernel", {H, Dh, D}, &b.out_kernel});
+    s.push_back({pre + "SelfAttention/out/bias", {D}, &b.out_bias});
+    s.push_back({pre + "LayerNorm_1/scale", {D}, &b.ln1_scale});
+    s.push_back({pre + "LayerNorm_1/bias", {D}, &b.ln1_bias});
+    if (c.is_moe_layer(i)) {
+      const MoeConfig& m = *c.moe;
+      const int64_t E = m.num_experts;
+      s.push_back({pre + "Moe/Mlp/Dense_0/kernel", {E, D, M}, &b.mlp0_kernel});
+      s.push_back({pre + "Moe/Mlp/Dense_0/bias", {E, M}, &b.mlp0_bias});
+      s.push_back({pre + "Moe/Mlp/Dense_1/kernel", {E, M, D}, &b.mlp1_kernel});
+      s.push_back({pre + "Moe/Mlp/Dense_1/bias", {E, D}, &b.mlp1_bias});
+      if (m.router == RouterKind::soft) {
+        s.push_back({pre + "Moe/Router/mu", {D, E, m.slots_per_expert}, &b.router_mu});
+        s.push_back({pre + "Moe/Router/scale", {}, &b.router_scale});
+      } else {
+        s.push_back({pre + "Moe/Router/dense/kernel", {D, E}, &b.router_kernel});
+      }
+    } else {
+      s.push_back({pre + "Mlp/Dense_0/kernel", {D, M}, &b.mlp0_kernel});
+      s.push_back({pre + "Mlp/Dense_0/bias", {M}, &b.mlp0_bias});
+      s.push_back({pre + "Mlp/Dense_1/kernel", {M, D}, &b.mlp1_kernel});
+      s.push_back({pre + "Mlp/Dense_1/bias", {D}, &b.mlp1_bias});
+    }
+  }
+  s.push_back({"Encoder/encoder_norm/scale", {D}, &p.encoder_norm_scale});
+  s.push_back({"Encoder/encoder_norm/bias", {D}, &p.encoder_norm_bias});
+  int64_t pooled = D;
+  if (c.representation_size) {
+    pooled = *c.representation_size;
+    s.push_back({"pre_logits/kernel", {D, pooled}, &p.pre_logits_kernel});
+    s.push_back({"pre_logits/bias", {pooled}, &p.pre_logits_bias});
+  }
+  s.push_back({"head/kernel", {pooled, c.num_classes}, &p.head_kernel});
+  s.push_back({"head/bias", {c.num_classes}, &p.head_bias});
+  return s;
+}
+
+VitParams allocate_params(const ModelConfig& config) {
+  VitParams p;
+  for (ParamSlot& slot : param_slots(p, config)) *slot.tensor = Tensor(slot.shape);
+  return p;
+}
+
+Model load_model(const std::string& path) {
+  SafetensorsFile file(path);
+  auto meta = file.metadata().find("vmoe.config");
+  if (meta == file.metadata().end()) fail("{}: no \"vmoe.config\" in the safetensors metadata", path);
+  Model model;
+  model.source = path;
+  try {
+    model.config = parse_config_json(meta->second);
+  } catch (const Error& e) {
+    fail("{}: {}", path, e.what());
+  }
+  std::set<std::string> expected;
+  for (ParamSlot& slot : param_slots(model.params, model.config)) {
+    expected.insert(slot.name);
+    auto it = file.tensors().find(slot.name);
+    if (it == file.tensors().end()) fail("{}: missing tensor \"{}\" (expected shape {})", path, slot.name, shape_str(slot.shape));
+    const SafetensorsEntry& e = it->second;
+    if (e.dtype != "F32") fail("{}: tensor \"{}\" has dtype {}, expected F32", path, slot.name, e.dtype);
+    if (e.shape != slot.shape)
+      fail("{}: tensor \"{}\" has shape {}, config implies {}", path, slot.name, shape_str(e.shape), shape_str(slot.shape));
+    *slot.tensor = file.read_f32(slot.name);
+  }
+  for (const auto& [name, e] : file.tensors())
+    if (!expected.count(name)) fail("{}: unexpected tensor \"{}\" (not implied by the config)", path, name);
+  return model;
+}
+
+void save_model(const Model& model, const std::string& path) {
+  VitParams& params = const_cast<VitParams&>(model.params);  // param_slots only reads here
+  NamedTensors named;
+  for (ParamSlot& slot : param_slots(params, model.config)) {
+    if (slot.tensor->shape() != slot.shape)
+      fail("cannot save: tensor \"{}\" has shape {}, config implies {}", slot.name, shape_str(slot.tensor->shape()),
+           shape_str(slot.shape));
+    named.emplace_back(slot.name, slot.tensor);
+  }
+  write_safetensors(path, named, {{"vmoe.config", config_to_json(model.config)}});
+}
+
+int64_t count_params(const Model& model) {
+  int64_t n = 0;
+  for (ParamSlot& slot : param_slots(const_cast<VitParams&>(model.params), model.config)) n += shape_numel(slot.shape);
+  return n;
+}
+
+}  // namespace vmoe

@@ -1,0 +1,17 @@
+#pragma once
+#include <cstdint>
+
+#include "model/config.hpp"
+
+namespace vmoe {
+
+// Slots per expert per group (DESIGN §4): c = ceil(tokens * factor / E) computed in
+// double, then rounded up to a multiple of `multiple_of`. `tokens` is S*k for top-k and
+// S for experts-choice. Throws when c < 1.
+int64_t expert_capacity(int64_t tokens, int num_experts, double capacity_factor,
+                        CapacityRounding rounding = CapacityRounding::ceil, int multiple_of = 4);
+
+// c * E / tokens: the factor the rounding actually gives.
+double effective_capacity_factor(int64_t capacity, int num_experts, int64_t tokens);
+
+}  // namespace vmoe

@@ -1,0 +1,323 @@
+#include "moe/moe_layer.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.hpp"
+#include "moe/capacity.hpp"
+
+namespace vmoe {
+namespace {
+
+using nn::Activation;
+using nn::GemmSpec;
+
+constexpr float kSoftEps = 1e-6f;
+
+struct Group {
+  int64_t first, size;
+};
+
+std::vector<Group> make_groups(int64_t N, int64_t group_tokens) {
+  std::vector<Group> groups;
+  for (int64_t first = 0; first < N; first += group_tokens) groups.push_back({first, std::min(group_tokens, N - first)});
+  return groups;
+}
+
+// gates (N, E) = softmax(h @ router)
+void router_gates(float* gates, const float* h, const float* router, int64_t N, int D, int E, nn::PrimitiveCache& cache) {
+  GemmSpec s;
+  s.m = N, s.k = D, s.n = E;
+  cache.gemm(s).run(gates, h, router);
+  cache.softmax(N, E).run(gates, gates);
+}
+
+// Runs expert e's MLP on its rows: out = GELU(in @ w0[e] + b0[e]) @ w1[e] + b1[e].
+void run_experts(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, nn::PrimitiveCache& cache) {
+  GemmSpec s0;
+  s0.runtime_m = true, s0.k = D, s0.n = M, s0.bias = true, s0.activation = Activation::gelu_tanh;
+  GemmSpec s1;
+  s1.runtime_m = true, s1.k = M, s1.n = D, s1.bias = true;
+  const nn::Gemm& up = cache.gemm(s0);
+  const nn::Gemm& down = cache.gemm(s1);
+  int64_t max_rows = 0;
+  for (int e = 0; e < E; ++e) max_rows = std::max(max_rows, ws.rows_of_expert[e]);
+  float* hidden = ws.expert_hidden.reserve(max_rows * M);
+  for (int e = 0; e < E; ++e) {
+    const int64_t rows = ws.rows_of_expert[e];
+    if (rows == 0) continue;
+    const int64_t first = ws.first_row[e];
+    up.run(hidden, ws.expert_in.data() + first * D, w.w0 + int64_t{e} * D * M, w.b0 + int64_t{e} * M, rows);
+    down.run(ws.expert_out.data() + first * D, hidden, w.w1 + int64_t{e} * M * D, w.b1 + int64_t{e} * D, rows);
+  }
+}
+
+// Lays out expert rows expert-major (all groups' tokens of expert 0, then expert 1...):
+// group_expert_base[g*E + e] is the first row of group g's tokens at expert e.
+void plan_rows(MoeWorkspace& ws, const std::vector<int64_t>& load /* (G, E) */, size_t G, int E) {
+  ws.rows_of_expert.assign(E, 0);
+  ws.first_row.assign(E, 0);
+  ws.group_expert_base.assign(G * E, 0);
+  for (size_t g = 0; g < G; ++g)
+    for (int e = 0; e < E; ++e) ws.rows_of_expert[e] += load[g * E + e];
+  for (int e = 1; e < E; ++e) ws.first_row[e] = ws.first_row[e - 1] + ws.rows_of_expert[e - 1];
+  for (int e = 0; e < E; ++e) {
+    int64_t row = ws.first_row[e];
+    for (size_t g = 0; g < G; ++g) {
+      ws.group_expert_base[g * E + e] = row;
+      row += load[g * E + e];
+    }
+  }
+}
+
+// Gathers each entry's token into its expert row, runs the experts, then
+// x[token] += sum over the token's entries of weight * expert_out[row], token-parallel.
+void dispatch_run_combine(float* x, const float* h, int64_t N, int D, int M, int E, const MoeWeights& w,
+                          MoeWorkspace& ws, nn::PrimitiveCache& cache, StageTimes* times) {
+  int64_t total_rows = 0;
+  for (int e = 0; e < E; ++e) total_rows += ws.rows_of_expert[e];
+  {
+    ScopedStage stage(times, &StageTimes::dispatch_combine);
+    float* in = ws.expert_in.reserve(std::max<int64_t>(total_rows, 1) * D);
+    ws.expert_out.reserve(std::max<int64_t>(total_rows, 1) * D);
+    const int64_t count = static_cast<int64_t>(ws.entries.size());
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < count; ++i)
+      std::memcpy(in + ws.entries[i].row * D, h + ws.entries[i].token * D, sizeof(float) * D);
+    // Bucket entries by token (counting sort, stable) so the combine can run per token.
+    ws.token_begin.assign(N + 1, 0);
+    for (const auto& en : ws.entries) ++ws.token_begin[en.token + 1];
+    for (int64_t n = 0; n < N; ++n) ws.token_begin[n + 1] += ws.token_begin[n];
+  }
+  {
+    ScopedStage stage(times, &StageTimes::experts);
+    run_experts(ws, w, E, D, M, cache);
+  }
+  ScopedStage stage(times, &StageTimes::dispatch_combine);
+  std::vector<MoeWorkspace::Entry> by_token(ws.entries.size());
+  std::vector<int64_t> cursor(ws.token_begin.begin(), ws.token_begin.end() - 1);
+  for (const auto& en : ws.entries) by_token[cursor[en.token]++] = en;
+  const float* out = ws.expert_out.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    float* xr = x + n * D;
+    for (int64_t i = ws.token_begin[n]; i < ws.token_begin[n + 1]; ++i) {
+      const float* y = out + by_token[i].row * D;
+      const float g = by_token[i].weight;
+      for (int d = 0; d < D; ++d) xr[d] += g * y[d];
+    }
+  }
+}
+
+void top_k_forward(float* x, const float* h, const MoeShape& sh, const MoeConfig& moe, const MoeWeights& w,
+                   MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times) {
+  const int64_t N = sh.tokens;
+  const int D = sh.hidden, E = moe.num_experts, k = moe.k;
+  float* gates = ws.gates.reserve(N * E);
+  {
+    ScopedStage stage(times, &StageTimes::router);
+    router_gates(gates, h, w.router, N, D, E, cache);
+  }
+  const auto groups = make_groups(N, int64_t{moe.group_images} * sh.tokens_per_image);
+  const size_t G = groups.size();
+  std::vector<int64_t> load(G * E);
+  {
+    ScopedStage stage(times, &StageTimes::router);
+    ws.top_k.resize(G);
+    std::vector<int> capacity(G);
+    for (size_t g = 0; g < G; ++g)
+      capacity[g] = static_cast<int>(expert_capacity(groups[g].size * k, E, moe.capacity_factor, moe.capacity_rounding,
+                                                     moe.capacity_multiple_of));
+#pragma omp parallel for schedule(dynamic)
+    for (size_t g = 0; g < G; ++g)
+      route_top_k(ws.top_k[g], gates + groups[g].first * E, static_cast<int>(groups[g].size), E, k, capacity[g],
+                  moe.batch_priority);
+    for (size_t g = 0; g < G; ++g)
+      for (int e = 0; e < E; ++e) load[g * E + e] = ws.top_k[g].expert_load[e];
+    plan_rows(ws, load, G, E);
+    ws.entries.clear();
+    for (size_t g = 0; g < G; ++g) {
+      const TopKRouting& r = ws.top_k[g];
+      for (int64_t t = 0; t < groups[g].size; ++t)
+        for (int q = 0; q < k; ++q) {
+          const int slot = r.slot[t * k + q];
+          if (slot < 0) continue;
+          const int e = r.expert[t * k + q];
+          ws.entries.push_back({groups[g].first + t, ws.group_expert_base[g * E + e] + slot, r.gate[t * k + q]});
+        }
+    }
+  }
+  dispatch_run_combine(x, h, N, D, sh.mlp, E, w, ws, cache, times);
+  if (!trace) return;
+  trace->choice_expert.resize(N * k);
+  trace->choice_gate.resize(N * k);
+  trace->choice_kept.resize(N * k);
+  trace->priority_rank.resize(N);
+  trace->times_taken.assign(N, 0);
+  for (size_t g = 0; g < G; ++g) {
+    const TopKRouting& r = ws.top_k[g];
+    const int64_t first = groups[g].first;
+    trace->group_capacity.push_back(r.capacity);
+    for (int64_t t = 0; t < groups[g].size; ++t) {
+      for (int q = 0; q < k; ++q) {
+        const int64_t i = (first + t) * k + q;
+        trace->choice_expert[i] = r.expert[t * k + q];
+        trace->choice_gate[i] = r.gate[t * k + q];
+        trace->choice_kept[i] = r.slot[t * k + q] >= 0;
+        trace->times_taken[first + t] += r.slot[t * k + q] >= 0;
+      }
+    }
+    for (size_t rank = 0; rank < r.order.size(); ++rank) trace->priority_rank[first + r.order[rank]] = static_cast<int>(rank);
+  }
+  if (trace->detail) trace->gates.assign(gates, gates + N * E);
+}
+
+void experts_choice_forward(float* x, const float* h, const MoeShape& sh, const MoeConfig& moe, const MoeWeights& w,
+                            MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times) {
+  const int64_t N = sh.tokens;
+  const int D = sh.hidden, E = moe.num_experts;
+  float* gates = ws.gates.reserve(N * E);
+  const auto groups = make_groups(N, int64_t{moe.group_images} * sh.tokens_per_image);
+  const size_t G = groups.size();
+  std::vector<int64_t> load(G * E);
+  {
+    ScopedStage stage(times, &StageTimes::router);
+    router_gates(gates, h, w.router, N, D, E, cache);
+    ws.experts_choice.resize(G);
+    std::vector<int> capacity(G);
+    for (size_t g = 0; g < G; ++g)
+      capacity[g] = static_cast<int>(std::min<int64_t>(
+          expert_capacity(groups[g].size, E, moe.capacity_factor, moe.capacity_rounding, moe.capacity_multiple_of),
+          groups[g].size));
+#pragma omp parallel for schedule(dynamic)
+    for (size_t g = 0; g < G; ++g)
+      route_experts_choice(ws.experts_choice[g], gates + groups[g].first * E, static_cast<int>(groups[g].size), E,
+                           capacity[g]);
+    for (size_t g = 0; g < G; ++g)
+      for (int e = 0; e < E; ++e) load[g * E + e] = ws.experts_choice[g].capacity;
+    plan_rows(ws, load, G, E);
+    ws.entries.clear();
+    for (size_t g = 0; g < G; ++g) {
+      const ExpertsChoiceRouting& r = ws.experts_choice[g];
+      for (int e = 0; e < E; ++e)
+        for (int j = 0; j < r.capacity; ++j)
+          ws.entries.push_back({groups[g].first + r.token[e * r.capacity + j], ws.group_expert_base[g * E + e] + j,
+                                r.gate[e * r.capacity + j]});
+    }
+  }
+  dispatch_run_combine(x, h, N, D, sh.mlp, E, w, ws, cache, times);
+  if (!trace) return;
+  trace->times_taken.assign(N, 0);
+  for (size_t g = 0; g < G; ++g) trace->group_capacity.push_back(ws.experts_choice[g].capacity);
+  for (const auto& en : ws.entries) ++trace->times_taken[en.token];
+  if (trace->detail) trace->gates.assign(gates, gates + N * E);
+}
+
+void soft_forward(float* x, const float* h, const MoeShape& sh, const MoeConfig& moe, const MoeWeights& w,
+                  MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times) {
+  const int64_t N = sh.tokens;
+  const int D = sh.hidden, M = sh.mlp, E = moe.num_experts, P = moe.slots_per_expert;
+  const int64_t slots = int64_t{E} * P;
+  const auto groups = make_groups(N, int64_t{moe.group_images} * sh.tokens_per_image);
+  const int64_t G = static_cast<int64_t>(groups.size());
+  float* logits = ws.logits.reserve(N * slots);
+  float* dispatch = ws.dispatch.reserve(N * slots);
+  float* combine = ws.combine.reserve(N * slots);
+  {
+    ScopedStage stage(times, &StageTimes::router);
+    // xn = h / sqrt(sum h^2 + eps) per token; logits = xn @ (scale * mu normalised)
+    float* xn = ws.xn.reserve(N * D);
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      double ss = 0;
+      for (int d = 0; d < D; ++d) ss += double{h[n * D + d]} * h[n * D + d];
+      const float inv = 1.0f / std::sqrt(static_cast<float>(ss) + kSoftEps);
+      for (int d = 0; d < D; ++d) xn[n * D + d] = h[n * D + d] * inv;
+    }
+    GemmSpec s;
+    s.m = N, s.k = D, s.n = slots;
+    cache.gemm(s).run(logits, xn, w.mu);
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t g = 0; g < G; ++g)
+      soft_dispatch_combine(dispatch + groups[g].first * slots, combine + groups[g].first * slots,
+                            logits + groups[g].first * slots, static_cast<int>(groups[g].size), static_cast<int>(slots));
+  }
+  // Slot inputs per group (slots, D) = dispatch^T @ h, then expert-major for the MLPs:
+  // expert e's rows are its P slots of group 0, then of group 1, ...
+  float* slot_in = ws.slot_in.reserve(G * slots * D);
+  float* expert_in = ws.expert_in.reserve(G * slots * D);
+  ws.expert_out.reserve(G * slots * D);
+  {
+    ScopedStage stage(times, &StageTimes::dispatch_combine);
+    for (int64_t g = 0; g < G; ++g) {
+      GemmSpec s;
+      s.m = slots, s.k = groups[g].size, s.n = D, s.trans_a = true, s.lda = slots;
+      cache.gemm(s).run(slot_in + g * slots * D, dispatch + groups[g].first * slots, h + groups[g].first * D);
+    }
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t g = 0; g < G; ++g)
+      for (int e = 0; e < E; ++e)
+        std::memcpy(expert_in + (int64_t{e} * G + g) * P * D, slot_in + (g * E + e) * P * D, sizeof(float) * P * D);
+  }
+  ws.rows_of_expert.assign(E, G * P);
+  ws.first_row.resize(E);
+  for (int e = 0; e < E; ++e) ws.first_row[e] = int64_t{e} * G * P;
+  {
+    ScopedStage stage(times, &StageTimes::experts);
+    run_experts(ws, w, E, D, M, cache);
+  }
+  {
+    ScopedStage stage(times, &StageTimes::dispatch_combine);
+    float* slot_out = ws.slot_out.reserve(G * slots * D);
+    const float* expert_out = ws.expert_out.data();
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t g = 0; g < G; ++g)
+      for (int e = 0; e < E; ++e)
+        std::memcpy(slot_out + (g * E + e) * P * D, expert_out + (int64_t{e} * G + g) * P * D, sizeof(float) * P * D);
+    for (int64_t g = 0; g < G; ++g) {
+      GemmSpec s;  // x += combine (S, slots) @ slot_out (slots, D)
+      s.m = groups[g].size, s.k = slots, s.n = D, s.beta = 1.0f;
+      cache.gemm(s).run(x + groups[g].first * D, combine + groups[g].first * slots, slot_out + g * slots * D);
+    }
+  }
+  if (!trace) return;
+  trace->times_taken.assign(N, static_cast<int>(slots));
+  if (trace->detail) {
+    trace->dispatch.assign(dispatch, dispatch + N * slots);
+    trace->combine.assign(combine, combine + N * slots);
+  }
+}
+
+}  // namespace
+
+void soft_normalised_mu(float* out, const float* mu, float scale, int64_t D, int64_t slots) {
+  for (int64_t s = 0; s < slots; ++s) {
+    double ss = 0;
+    for (int64_t d = 0; d < D; ++d) ss += double{mu[d * slots + s]} * mu[d * slots + s];
+    const float inv = scale / std::sqrt(static_cast<float>(ss) + kSoftEps);
+    for (int64_t d = 0; d < D; ++d) out[d * slots + s] = mu[d * slots + s] * inv;
+  }
+}
+
+void moe_forward(float* x, const float* h, const MoeShape& shape, const MoeConfig& moe, const MoeWeights& w,
+                 MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times) {
+  if (trace) {
+    trace->router = moe.router;
+    trace->num_experts = moe.num_experts;
+    trace->k = moe.router == RouterKind::top_k ? moe.k : 0;
+    trace->slots_per_expert = moe.router == RouterKind::soft ? moe.slots_per_expert : 0;
+    trace->tokens_per_image = shape.tokens_per_image;
+    trace->group_images = moe.group_images;
+    trace->capacity_factor = moe.capacity_factor;
+    trace->batch_priority = moe.batch_priority;
+    trace->group_capacity.clear();
+  }
+  switch (moe.router) {
+    case RouterKind::top_k: top_k_forward(x, h, shape, moe, w, ws, cache, trace, times); break;
+    case RouterKind::experts_choice: experts_choice_forward(x, h, shape, moe, w, ws, cache, trace, times); break;
+    case RouterKind::soft: soft_forward(x, h, shape, moe, w, ws, cache, trace, times); break;
+  }
+}
+
+}  // namespace vmoe

@@ -1,0 +1,85 @@
+#include "nn/gemm.hpp"
+
+#include <fmt/format.h>
+
+#include "core/error.hpp"
+#include "nn/context.hpp"
+
+namespace vmoe::nn {
+namespace {
+
+using dims = dnnl::memory::dims;
+using dt = dnnl::memory::data_type;
+constexpr int64_t kRuntime = DNNL_RUNTIME_DIM_VAL;
+
+// A (rows, cols) operand stored row-major with leading dimension ld, or transposed.
+dnnl::memory::desc operand_md(int64_t batch, int64_t rows, int64_t cols, bool transposed, int64_t ld,
+                              int64_t batch_stride, bool batched) {
+  int64_t row_stride = transposed ? 1 : ld;
+  int64_t col_stride = transposed ? ld : 1;
+  if (!batched) return dnnl::memory::desc(dims{rows, cols}, dt::f32, dims{row_stride, col_stride});
+  return dnnl::memory::desc(dims{batch, rows, cols}, dt::f32, dims{batch_stride, row_stride, col_stride});
+}
+
+dnnl::algorithm algorithm_of(Activation a) {
+  return a == Activation::gelu_tanh ? dnnl::algorithm::eltwise_gelu_tanh : dnnl::algorithm::eltwise_tanh;
+}
+
+}  // namespace
+
+Gemm::Gemm(const GemmSpec& s) : spec_(s) {
+  if (s.k <= 0 || s.n <= 0 || (!s.runtime_m && s.m <= 0) || s.batch <= 0) fail("gemm: bad sizes {}x{}x{}", s.m, s.k, s.n);
+  if (s.runtime_m && s.batch != 1) fail("gemm: runtime rows need batch 1");
+  if (s.bias && s.alpha != 1.0f) fail("gemm: alpha with bias is not supported");
+  const bool batched = s.batch > 1;
+  const int64_t m = s.runtime_m ? kRuntime : s.m;
+  spec_.lda = s.lda ? s.lda : (s.trans_a ? s.m : s.k);
+  spec_.ldb = s.ldb ? s.ldb : (s.trans_b ? s.k : s.n);
+  spec_.ldc = s.ldc ? s.ldc : s.n;
+  if (s.runtime_m && s.trans_a && !s.lda) fail("gemm: transposed A with runtime rows needs lda");
+  a_md_ = operand_md(s.batch, m, s.k, s.trans_a, spec_.lda, s.batch_stride_a, batched);
+  b_md_ = operand_md(s.batch, s.k, s.n, s.trans_b, spec_.ldb, s.batch_stride_b, batched);
+  c_md_ = operand_md(s.batch, m, s.n, false, spec_.ldc, s.batch_stride_c, batched);
+  if (s.bias) bias_md_ = batched ? dnnl::memory::desc(dims{1, 1, s.n}, dt::f32, dims{s.n, s.n, 1})
+                                 : dnnl::memory::desc(dims{1, s.n}, dt::f32, dims{s.n, 1});
+
+  dnnl::primitive_attr attr;
+  dnnl::post_ops ops;
+  if (s.beta != 0.0f) ops.append_sum(s.beta);
+  if (s.activation != Activation::none) ops.append_eltwise(1.0f, algorithm_of(s.activation), 0.0f, 0.0f);
+  attr.set_post_ops(ops);
+  if (s.alpha != 1.0f) attr.set_output_scales(0, {s.alpha});
+  try {
+    auto desc = s.bias ? dnnl::matmul::desc(a_md_, b_md_, bias_md_, c_md_) : dnnl::matmul::desc(a_md_, b_md_, c_md_);
+    pd_ = dnnl::matmul::primitive_desc(desc, attr, context().engine);
+    primitive_ = dnnl::matmul(pd_);
+  } catch (const dnnl::error& e) {
+    fail("oneDNN matmul {}x{}x{} could not be created: {}", s.m, s.k, s.n, e.what());
+  }
+  record_primitive(fmt::format("matmul b{} m{} k{} n{}{}{}", s.batch, s.runtime_m ? std::string("?") : std::to_string(s.m),
+                               s.k, s.n, s.trans_a ? " tA" : "", s.trans_b ? " tB" : ""),
+                   impl());
+}
+
+std::string Gemm::impl() const { return pd_ ? pd_.impl_info_str() : "none"; }
+
+void Gemm::run(float* c, const float* a, const float* b, const float* bias, int64_t m) const {
+  const GemmSpec& s = spec_;
+  dnnl::memory::desc a_md = a_md_, c_md = c_md_;
+  if (s.runtime_m) {
+    if (m < 0) fail("gemm: runtime rows not given");
+    if (m == 0) return;
+    a_md = operand_md(1, m, s.k, s.trans_a, s.lda, 0, false);
+    c_md = operand_md(1, m, s.n, false, s.ldc, 0, false);
+  }
+  auto& ctx = context();
+  dnnl::memory am(a_md, ctx.engine, const_cast<float*>(a));
+  dnnl::memory bm(b_md_, ctx.engine, const_cast<float*>(b));
+  dnnl::memory cm(c_md, ctx.engine, c);
+  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}};
+  if (s.bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_md_, ctx.engine, const_cast<float*>(bias)));
+  primitive_.execute(ctx.stream, args);
+  ctx.stream.wait();
+}
+
+}  // namespace vmoe::nn

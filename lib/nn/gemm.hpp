@@ -1,0 +1,45 @@
+#pragma once
+// One oneDNN matmul primitive, created once and executed many times:
+//   C = act(alpha * op(A) @ op(B) + bias + beta * C)
+// op(A) is (m, k), op(B) is (k, n), C is (m, n), each possibly strided (leading
+// dimensions) and batched. With runtime_m the primitive serves any row count, which
+// the expert MLPs need (each expert sees a different number of tokens).
+#include <cstdint>
+#include <string>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+namespace vmoe::nn {
+
+enum class Activation { none, gelu_tanh, tanh };
+
+struct GemmSpec {
+  int64_t m = 0, k = 0, n = 0;
+  bool runtime_m = false;  // m is given at run time (then batch must be 1)
+  bool trans_a = false;  // A is stored (k, m)
+  bool trans_b = false;  // B is stored (n, k)
+  int64_t lda = 0, ldb = 0, ldc = 0;  // row strides of A, B, C as stored; 0 = packed
+  int64_t batch = 1, batch_stride_a = 0, batch_stride_b = 0, batch_stride_c = 0;
+  bool bias = false;  // bias of n floats, broadcast over rows
+  Activation activation = Activation::none;
+  float alpha = 1.0f;  // not combined with bias
+  float beta = 0.0f;  // accumulate into C
+};
+
+class Gemm {
+ public:
+  Gemm() = default;
+  explicit Gemm(const GemmSpec& spec);
+  void run(float* c, const float* a, const float* b, const float* bias = nullptr, int64_t m = -1) const;
+  const GemmSpec& spec() const { return spec_; }
+  std::string impl() const;
+  bool valid() const { return static_cast<bool>(primitive_); }
+
+ private:
+  GemmSpec spec_;
+  dnnl::matmul::primitive_desc pd_;
+  dnnl::matmul primitive_;
+  dnnl::memory::desc a_md_, b_md_, c_md_, bias_md_;
+};
+
+}  // namespace vmoe::nn

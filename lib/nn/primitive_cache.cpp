@@ -1,0 +1,25 @@
+#include "nn/primitive_cache.hpp"
+
+namespace vmoe::nn {
+
+const Gemm& PrimitiveCache::gemm(const GemmSpec& s) {
+  GemmKey key{s.m, s.k, s.n, s.runtime_m, s.trans_a, s.trans_b, s.lda, s.ldb, s.ldc, s.batch, s.batch_stride_a,
+              s.batch_stride_b, s.batch_stride_c, s.bias, static_cast<int>(s.activation), s.alpha, s.beta};
+  auto& slot = gemms_[key];
+  if (!slot) slot = std::make_unique<Gemm>(s);
+  return *slot;
+}
+
+const LayerNorm& PrimitiveCache::layer_norm(int64_t rows, int64_t cols, float eps) {
+  auto& slot = norms_[{rows, cols, eps}];
+  if (!slot) slot = std::make_unique<LayerNorm>(rows, cols, eps);
+  return *slot;
+}
+
+const Softmax& PrimitiveCache::softmax(int64_t rows, int64_t cols) {
+  auto& slot = softmaxes_[{rows, cols}];
+  if (!slot) slot = std::make_unique<Softmax>(rows, cols);
+  return *slot;
+}
+
+}  // namespace vmoe::nn

@@ -1,0 +1,28 @@
+#pragma once
+// Primitives keyed by their shape: the first request creates one, later requests get
+// the same object back. An engine owns one cache, so it creates each shape once.
+#include <map>
+#include <memory>
+#include <tuple>
+
+#include "nn/gemm.hpp"
+#include "nn/norm_softmax.hpp"
+
+namespace vmoe::nn {
+
+class PrimitiveCache {
+ public:
+  const Gemm& gemm(const GemmSpec& spec);
+  const LayerNorm& layer_norm(int64_t rows, int64_t cols, float eps);
+  const Softmax& softmax(int64_t rows, int64_t cols);
+  size_t size() const { return gemms_.size() + norms_.size() + softmaxes_.size(); }
+
+ private:
+  using GemmKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t,
+                             int64_t, int64_t, bool, int, float, float>;
+  std::map<GemmKey, std::unique_ptr<Gemm>> gemms_;
+  std::map<std::tuple<int64_t, int64_t, float>, std::unique_ptr<LayerNorm>> norms_;
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Softmax>> softmaxes_;
+};
+
+}  // namespace vmoe::nn
