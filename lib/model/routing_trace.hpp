@@ -25,6 +25,8 @@ struct MoeLayerTrace {
   std::vector<int> priority_rank;  // (N) position of the token in its group's processing order
   // experts-choice: (N) how many experts took the token; top-k: kept choices
   std::vector<int> times_taken;
+  // experts-choice: (N, E) 1 when expert e took token n
+  std::vector<uint8_t> expert_took;
   // detail only
   std::vector<float> gates;  // (N, E) router softmax (top-k, experts-choice)
   std::vector<float> dispatch, combine;  // (N, E*P) Soft-MoE, dispatch normalised within the group

@@ -8,22 +8,19 @@
 #include "moe/capacity.hpp"
 
 namespace vmoe {
-namespace {
-
-using nn::Activation;
-using nn::GemmSpec;
-
-constexpr float kSoftEps = 1e-6f;
-
-struct Group {
-  int64_t first, size;
-};
 
 std::vector<Group> make_groups(int64_t N, int64_t group_tokens) {
   std::vector<Group> groups;
   for (int64_t first = 0; first < N; first += group_tokens) groups.push_back({first, std::min(group_tokens, N - first)});
   return groups;
 }
+
+namespace {
+
+using nn::Activation;
+using nn::GemmSpec;
+
+constexpr float kSoftEps = 1e-6f;
 
 // gates (N, E) = softmax(h @ router)
 void router_gates(float* gates, const float* h, const float* router, int64_t N, int D, int E, nn::PrimitiveCache& cache) {
@@ -110,108 +107,19 @@ void dispatch_run_combine(float* x, const float* h, int64_t N, int D, int M, int
   }
 }
 
-void top_k_forward(float* x, const float* h, const MoeShape& sh, const MoeConfig& moe, const MoeWeights& w,
-                   MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times) {
-  const int64_t N = sh.tokens;
-  const int D = sh.hidden, E = moe.num_experts, k = moe.k;
-  float* gates = ws.gates.reserve(N * E);
-  {
-    ScopedStage stage(times, &StageTimes::router);
-    router_gates(gates, h, w.router, N, D, E, cache);
-  }
-  const auto groups = make_groups(N, int64_t{moe.group_images} * sh.tokens_per_image);
-  const size_t G = groups.size();
-  std::vector<int64_t> load(G * E);
-  {
-    ScopedStage stage(times, &StageTimes::router);
-    ws.top_k.resize(G);
-    std::vector<int> capacity(G);
-    for (size_t g = 0; g < G; ++g)
-      capacity[g] = static_cast<int>(expert_capacity(groups[g].size * k, E, moe.capacity_factor, moe.capacity_rounding,
-                                                     moe.capacity_multiple_of));
-#pragma omp parallel for schedule(dynamic)
-    for (size_t g = 0; g < G; ++g)
-      route_top_k(ws.top_k[g], gates + groups[g].first * E, static_cast<int>(groups[g].size), E, k, capacity[g],
-                  moe.batch_priority);
-    for (size_t g = 0; g < G; ++g)
-      for (int e = 0; e < E; ++e) load[g * E + e] = ws.top_k[g].expert_load[e];
-    plan_rows(ws, load, G, E);
-    ws.entries.clear();
-    for (size_t g = 0; g < G; ++g) {
-      const TopKRouting& r = ws.top_k[g];
-      for (int64_t t = 0; t < groups[g].size; ++t)
-        for (int q = 0; q < k; ++q) {
-          const int slot = r.slot[t * k + q];
-          if (slot < 0) continue;
-          const int e = r.expert[t * k + q];
-          ws.entries.push_back({groups[g].first + t, ws.group_expert_base[g * E + e] + slot, r.gate[t * k + q]});
-        }
-    }
-  }
-  dispatch_run_combine(x, h, N, D, sh.mlp, E, w, ws, cache, times);
-  if (!trace) return;
-  trace->choice_expert.resize(N * k);
-  trace->choice_gate.resize(N * k);
-  trace->choice_kept.resize(N * k);
-  trace->priority_rank.resize(N);
-  trace->times_taken.assign(N, 0);
-  for (size_t g = 0; g < G; ++g) {
-    const TopKRouting& r = ws.top_k[g];
-    const int64_t first = groups[g].first;
-    trace->group_capacity.push_back(r.capacity);
-    for (int64_t t = 0; t < groups[g].size; ++t) {
-      for (int q = 0; q < k; ++q) {
-        const int64_t i = (first + t) * k + q;
-        trace->choice_expert[i] = r.expert[t * k + q];
-        trace->choice_gate[i] = r.gate[t * k + q];
-        trace->choice_kept[i] = r.slot[t * k + q] >= 0;
-        trace->times_taken[first + t] += r.slot[t * k + q] >= 0;
-      }
-    }
-    for (size_t rank = 0; rank < r.order.size(); ++rank) trace->priority_rank[first + r.order[rank]] = static_cast<int>(rank);
-  }
-  if (trace->detail) trace->gates.assign(gates, gates + N * E);
-}
-
-void experts_choice_forward(float* x, const float* h, const MoeShape& sh, const MoeConfig& moe, const MoeWeights& w,
-                            MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times) {
+// gates (N, E) = softmax(h @ router), then the routing plan, experts, combine.
+void token_choice_forward(float* x, const float* h, const MoeShape& sh, const MoeConfig& moe, const MoeWeights& w,
+                          MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times) {
   const int64_t N = sh.tokens;
   const int D = sh.hidden, E = moe.num_experts;
   float* gates = ws.gates.reserve(N * E);
-  const auto groups = make_groups(N, int64_t{moe.group_images} * sh.tokens_per_image);
-  const size_t G = groups.size();
-  std::vector<int64_t> load(G * E);
   {
     ScopedStage stage(times, &StageTimes::router);
     router_gates(gates, h, w.router, N, D, E, cache);
-    ws.experts_choice.resize(G);
-    std::vector<int> capacity(G);
-    for (size_t g = 0; g < G; ++g)
-      capacity[g] = static_cast<int>(std::min<int64_t>(
-          expert_capacity(groups[g].size, E, moe.capacity_factor, moe.capacity_rounding, moe.capacity_multiple_of),
-          groups[g].size));
-#pragma omp parallel for schedule(dynamic)
-    for (size_t g = 0; g < G; ++g)
-      route_experts_choice(ws.experts_choice[g], gates + groups[g].first * E, static_cast<int>(groups[g].size), E,
-                           capacity[g]);
-    for (size_t g = 0; g < G; ++g)
-      for (int e = 0; e < E; ++e) load[g * E + e] = ws.experts_choice[g].capacity;
-    plan_rows(ws, load, G, E);
-    ws.entries.clear();
-    for (size_t g = 0; g < G; ++g) {
-      const ExpertsChoiceRouting& r = ws.experts_choice[g];
-      for (int e = 0; e < E; ++e)
-        for (int j = 0; j < r.capacity; ++j)
-          ws.entries.push_back({groups[g].first + r.token[e * r.capacity + j], ws.group_expert_base[g * E + e] + j,
-                                r.gate[e * r.capacity + j]});
-    }
+    plan_routing(ws, gates, sh, moe);
   }
   dispatch_run_combine(x, h, N, D, sh.mlp, E, w, ws, cache, times);
-  if (!trace) return;
-  trace->times_taken.assign(N, 0);
-  for (size_t g = 0; g < G; ++g) trace->group_capacity.push_back(ws.experts_choice[g].capacity);
-  for (const auto& en : ws.entries) ++trace->times_taken[en.token];
-  if (trace->detail) trace->gates.assign(gates, gates + N * E);
+  if (trace) fill_trace(*trace, ws, gates, sh, moe);
 }
 
 void soft_forward(float* x, const float* h, const MoeShape& sh, const MoeConfig& moe, const MoeWeights& w,
@@ -314,10 +222,100 @@ void moe_forward(float* x, const float* h, const MoeShape& shape, const MoeConfi
     trace->group_capacity.clear();
   }
   switch (moe.router) {
-    case RouterKind::top_k: top_k_forward(x, h, shape, moe, w, ws, cache, trace, times); break;
-    case RouterKind::experts_choice: experts_choice_forward(x, h, shape, moe, w, ws, cache, trace, times); break;
+    case RouterKind::top_k:
+    case RouterKind::experts_choice: token_choice_forward(x, h, shape, moe, w, ws, cache, trace, times); break;
     case RouterKind::soft: soft_forward(x, h, shape, moe, w, ws, cache, trace, times); break;
   }
+}
+
+void plan_routing(MoeWorkspace& ws, const float* gates, const MoeShape& sh, const MoeConfig& moe) {
+  const int E = moe.num_experts, k = moe.k;
+  const auto groups = make_groups(sh.tokens, int64_t{moe.group_images} * sh.tokens_per_image);
+  const size_t G = groups.size();
+  std::vector<int> capacity(G);
+  std::vector<int64_t> load(G * E);
+  ws.entries.clear();
+  if (moe.router == RouterKind::top_k) {
+    ws.top_k.resize(G);
+    for (size_t g = 0; g < G; ++g)
+      capacity[g] = static_cast<int>(expert_capacity(groups[g].size * k, E, moe.capacity_factor, moe.capacity_rounding,
+                                                     moe.capacity_multiple_of));
+#pragma omp parallel for schedule(dynamic)
+    for (size_t g = 0; g < G; ++g)
+      route_top_k(ws.top_k[g], gates + groups[g].first * E, static_cast<int>(groups[g].size), E, k, capacity[g],
+                  moe.batch_priority);
+    for (size_t g = 0; g < G; ++g)
+      for (int e = 0; e < E; ++e) load[g * E + e] = ws.top_k[g].expert_load[e];
+    plan_rows(ws, load, G, E);
+    for (size_t g = 0; g < G; ++g) {
+      const TopKRouting& r = ws.top_k[g];
+      for (int64_t t = 0; t < groups[g].size; ++t)
+        for (int q = 0; q < k; ++q) {
+          const int slot = r.slot[t * k + q];
+          if (slot < 0) continue;
+          const int e = r.expert[t * k + q];
+          ws.entries.push_back({groups[g].first + t, ws.group_expert_base[g * E + e] + slot, r.gate[t * k + q], e});
+        }
+    }
+    return;
+  }
+  if (moe.router != RouterKind::experts_choice) fail("plan_routing: Soft-MoE has no token routing");
+  ws.experts_choice.resize(G);
+  for (size_t g = 0; g < G; ++g)
+    capacity[g] = static_cast<int>(std::min<int64_t>(
+        expert_capacity(groups[g].size, E, moe.capacity_factor, moe.capacity_rounding, moe.capacity_multiple_of),
+        groups[g].size));
+#pragma omp parallel for schedule(dynamic)
+  for (size_t g = 0; g < G; ++g)
+    route_experts_choice(ws.experts_choice[g], gates + groups[g].first * E, static_cast<int>(groups[g].size), E,
+                         capacity[g]);
+  for (size_t g = 0; g < G; ++g)
+    for (int e = 0; e < E; ++e) load[g * E + e] = ws.experts_choice[g].capacity;
+  plan_rows(ws, load, G, E);
+  for (size_t g = 0; g < G; ++g) {
+    const ExpertsChoiceRouting& r = ws.experts_choice[g];
+    for (int e = 0; e < E; ++e)
+      for (int j = 0; j < r.capacity; ++j)
+        ws.entries.push_back({groups[g].first + r.token[e * r.capacity + j], ws.group_expert_base[g * E + e] + j,
+                              r.gate[e * r.capacity + j], e});
+  }
+}
+
+void fill_trace(MoeLayerTrace& trace, const MoeWorkspace& ws, const float* gates, const MoeShape& sh,
+                const MoeConfig& moe) {
+  const int64_t N = sh.tokens;
+  const int E = moe.num_experts, k = moe.k;
+  const auto groups = make_groups(N, int64_t{moe.group_images} * sh.tokens_per_image);
+  trace.times_taken.assign(N, 0);
+  if (moe.router == RouterKind::top_k) {
+    trace.choice_expert.resize(N * k);
+    trace.choice_gate.resize(N * k);
+    trace.choice_kept.resize(N * k);
+    trace.priority_rank.resize(N);
+    for (size_t g = 0; g < groups.size(); ++g) {
+      const TopKRouting& r = ws.top_k[g];
+      const int64_t first = groups[g].first;
+      trace.group_capacity.push_back(r.capacity);
+      for (int64_t t = 0; t < groups[g].size; ++t)
+        for (int q = 0; q < k; ++q) {
+          const int64_t i = (first + t) * k + q;
+          trace.choice_expert[i] = r.expert[t * k + q];
+          trace.choice_gate[i] = r.gate[t * k + q];
+          trace.choice_kept[i] = r.slot[t * k + q] >= 0;
+          trace.times_taken[first + t] += r.slot[t * k + q] >= 0;
+        }
+      for (size_t rank = 0; rank < r.order.size(); ++rank)
+        trace.priority_rank[first + r.order[rank]] = static_cast<int>(rank);
+    }
+  } else {
+    trace.expert_took.assign(N * E, 0);
+    for (size_t g = 0; g < groups.size(); ++g) trace.group_capacity.push_back(ws.experts_choice[g].capacity);
+    for (const auto& en : ws.entries) {
+      ++trace.times_taken[en.token];
+      trace.expert_took[en.token * E + en.expert] = 1;
+    }
+  }
+  if (trace.detail) trace.gates.assign(gates, gates + N * E);
 }
 
 }  // namespace vmoe

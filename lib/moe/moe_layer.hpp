@@ -30,8 +30,9 @@ struct MoeWorkspace {
   std::vector<ExpertsChoiceRouting> experts_choice;  // per group
   std::vector<int64_t> rows_of_expert, first_row, group_expert_base;
   struct Entry {
-    int64_t token, row;
-    float weight;
+    int64_t token, row;  // token n of the batch goes to expert-major row `row`
+    float weight;  // its combine weight (the gate)
+    int expert;
   };
   std::vector<Entry> entries;
   std::vector<int64_t> token_begin;
@@ -42,6 +43,20 @@ struct MoeShape {
   int tokens_per_image;  // T
   int hidden, mlp;  // D, M
 };
+
+struct Group {
+  int64_t first, size;  // tokens [first, first + size) of the flattened batch
+};
+// Consecutive groups of group_tokens tokens; the last one may be smaller.
+std::vector<Group> make_groups(int64_t N, int64_t group_tokens);
+
+// Routes every group (top-k or experts-choice) on gates (N, E) and lays out the expert
+// rows expert-major: fills ws.entries, ws.rows_of_expert, ws.first_row (and the
+// per-group routings ws.top_k / ws.experts_choice).
+void plan_routing(MoeWorkspace& ws, const float* gates, const MoeShape& shape, const MoeConfig& moe);
+// Copies the routing plan of the last plan_routing into a trace.
+void fill_trace(MoeLayerTrace& trace, const MoeWorkspace& ws, const float* gates, const MoeShape& shape,
+                const MoeConfig& moe);
 
 // x (N, D) += MoE(h) with h = LN_1(x). `trace` may be null.
 void moe_forward(float* x, const float* h, const MoeShape& shape, const MoeConfig& moe, const MoeWeights& w,

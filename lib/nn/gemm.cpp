@@ -28,17 +28,22 @@ dnnl::algorithm algorithm_of(Activation a) {
 }  // namespace
 
 Gemm::Gemm(const GemmSpec& s) : spec_(s) {
-  if (s.k <= 0 || s.n <= 0 || (!s.runtime_m && s.m <= 0) || s.batch <= 0) fail("gemm: bad sizes {}x{}x{}", s.m, s.k, s.n);
-  if (s.runtime_m && s.batch != 1) fail("gemm: runtime rows need batch 1");
+  if ((!s.runtime_k && s.k <= 0) || s.n <= 0 || (!s.runtime_m && s.m <= 0) || s.batch <= 0)
+    fail("gemm: bad sizes {}x{}x{}", s.m, s.k, s.n);
+  if ((s.runtime_m || s.runtime_k) && s.batch != 1) fail("gemm: runtime sizes need batch 1");
   if (s.bias && s.alpha != 1.0f) fail("gemm: alpha with bias is not supported");
   const bool batched = s.batch > 1;
   const int64_t m = s.runtime_m ? kRuntime : s.m;
+  const int64_t k = s.runtime_k ? kRuntime : s.k;
   spec_.lda = s.lda ? s.lda : (s.trans_a ? s.m : s.k);
   spec_.ldb = s.ldb ? s.ldb : (s.trans_b ? s.k : s.n);
   spec_.ldc = s.ldc ? s.ldc : s.n;
+  // A runtime size may not hide inside a stride: those leading dimensions must be given.
   if (s.runtime_m && s.trans_a && !s.lda) fail("gemm: transposed A with runtime rows needs lda");
-  a_md_ = operand_md(s.batch, m, s.k, s.trans_a, spec_.lda, s.batch_stride_a, batched);
-  b_md_ = operand_md(s.batch, s.k, s.n, s.trans_b, spec_.ldb, s.batch_stride_b, batched);
+  if (s.runtime_k && !s.trans_a && !s.lda) fail("gemm: A with runtime k needs lda");
+  if (s.runtime_k && s.trans_b && !s.ldb) fail("gemm: transposed B with runtime k needs ldb");
+  a_md_ = operand_md(s.batch, m, k, s.trans_a, spec_.lda, s.batch_stride_a, batched);
+  b_md_ = operand_md(s.batch, k, s.n, s.trans_b, spec_.ldb, s.batch_stride_b, batched);
   c_md_ = operand_md(s.batch, m, s.n, false, spec_.ldc, s.batch_stride_c, batched);
   if (s.bias) bias_md_ = batched ? dnnl::memory::desc(dims{1, 1, s.n}, dt::f32, dims{s.n, s.n, 1})
                                  : dnnl::memory::desc(dims{1, s.n}, dt::f32, dims{s.n, 1});
@@ -57,24 +62,27 @@ Gemm::Gemm(const GemmSpec& s) : spec_(s) {
     fail("oneDNN matmul {}x{}x{} could not be created: {}", s.m, s.k, s.n, e.what());
   }
   record_primitive(fmt::format("matmul b{} m{} k{} n{}{}{}", s.batch, s.runtime_m ? std::string("?") : std::to_string(s.m),
-                               s.k, s.n, s.trans_a ? " tA" : "", s.trans_b ? " tB" : ""),
+                               s.runtime_k ? std::string("?") : std::to_string(s.k), s.n, s.trans_a ? " tA" : "", s.trans_b ? " tB" : ""),
                    impl());
 }
 
 std::string Gemm::impl() const { return pd_ ? pd_.impl_info_str() : "none"; }
 
-void Gemm::run(float* c, const float* a, const float* b, const float* bias, int64_t m) const {
+void Gemm::run(float* c, const float* a, const float* b, const float* bias, int64_t m, int64_t k) const {
   const GemmSpec& s = spec_;
-  dnnl::memory::desc a_md = a_md_, c_md = c_md_;
-  if (s.runtime_m) {
-    if (m < 0) fail("gemm: runtime rows not given");
-    if (m == 0) return;
-    a_md = operand_md(1, m, s.k, s.trans_a, s.lda, 0, false);
+  dnnl::memory::desc a_md = a_md_, b_md = b_md_, c_md = c_md_;
+  if (s.runtime_m || s.runtime_k) {
+    if ((s.runtime_m && m < 0) || (s.runtime_k && k < 0)) fail("gemm: runtime size not given");
+    if (!s.runtime_m) m = s.m;
+    if (!s.runtime_k) k = s.k;
+    if (m == 0 || k == 0) return;  // nothing to add; callers with runtime sizes accumulate (beta 1)
+    a_md = operand_md(1, m, k, s.trans_a, s.lda, 0, false);
+    b_md = operand_md(1, k, s.n, s.trans_b, s.ldb, 0, false);
     c_md = operand_md(1, m, s.n, false, s.ldc, 0, false);
   }
   auto& ctx = context();
   dnnl::memory am(a_md, ctx.engine, const_cast<float*>(a));
-  dnnl::memory bm(b_md_, ctx.engine, const_cast<float*>(b));
+  dnnl::memory bm(b_md, ctx.engine, const_cast<float*>(b));
   dnnl::memory cm(c_md, ctx.engine, c);
   std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}};
   if (s.bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_md_, ctx.engine, const_cast<float*>(bias)));

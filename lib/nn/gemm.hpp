@@ -16,6 +16,7 @@ enum class Activation { none, gelu_tanh, tanh };
 struct GemmSpec {
   int64_t m = 0, k = 0, n = 0;
   bool runtime_m = false;  // m is given at run time (then batch must be 1)
+  bool runtime_k = false;  // k is given at run time (then batch must be 1)
   bool trans_a = false;  // A is stored (k, m)
   bool trans_b = false;  // B is stored (n, k)
   int64_t lda = 0, ldb = 0, ldc = 0;  // row strides of A, B, C as stored; 0 = packed
@@ -30,7 +31,8 @@ class Gemm {
  public:
   Gemm() = default;
   explicit Gemm(const GemmSpec& spec);
-  void run(float* c, const float* a, const float* b, const float* bias = nullptr, int64_t m = -1) const;
+  void run(float* c, const float* a, const float* b, const float* bias = nullptr, int64_t m = -1,
+           int64_t k = -1) const;
   const GemmSpec& spec() const { return spec_; }
   std::string impl() const;
   bool valid() const { return static_cast<bool>(primitive_); }

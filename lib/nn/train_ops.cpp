@@ -1,0 +1,125 @@
+#include "nn/train_ops.hpp"
+
+#include <fmt/format.h>
+
+#include "core/error.hpp"
+#include "nn/context.hpp"
+
+namespace vmoe::nn {
+
+using dims = dnnl::memory::dims;
+using dt = dnnl::memory::data_type;
+using tag = dnnl::memory::format_tag;
+
+namespace {
+dnnl::memory mem(const dnnl::memory::desc& md, const float* p) {
+  return dnnl::memory(md, context().engine, const_cast<float*>(p));
+}
+}  // namespace
+
+LayerNormTrain::LayerNormTrain(int64_t rows, int64_t cols, float eps) {
+  md_ = dnnl::memory::desc(dims{rows, cols}, dt::f32, tag::ab);
+  stat_md_ = dnnl::memory::desc(dims{rows}, dt::f32, tag::a);
+  param_md_ = dnnl::memory::desc(dims{cols}, dt::f32, tag::a);
+  const auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+  try {
+    auto& eng = context().engine;
+    fwd_pd_ = dnnl::layer_normalization_forward::primitive_desc(
+        dnnl::layer_normalization_forward::desc(dnnl::prop_kind::forward_training, md_, stat_md_, eps, flags), eng);
+    fwd_ = dnnl::layer_normalization_forward(fwd_pd_);
+    bwd_pd_ = dnnl::layer_normalization_backward::primitive_desc(
+        dnnl::layer_normalization_backward::desc(dnnl::prop_kind::backward, md_, md_, stat_md_, eps, flags), eng,
+        fwd_pd_);
+    bwd_ = dnnl::layer_normalization_backward(bwd_pd_);
+  } catch (const dnnl::error& e) {
+    fail("oneDNN training layer norm {}x{} could not be created: {}", rows, cols, e.what());
+  }
+  record_primitive(fmt::format("layer_norm training {}x{}", rows, cols), fwd_pd_.impl_info_str());
+  record_primitive(fmt::format("layer_norm backward {}x{}", rows, cols), bwd_pd_.impl_info_str());
+}
+
+void LayerNormTrain::forward(float* y, float* mean, float* var, const float* x, const float* scale,
+                             const float* bias) const {
+  auto& ctx = context();
+  fwd_.execute(ctx.stream, {{DNNL_ARG_SRC, mem(md_, x)},
+                            {DNNL_ARG_DST, mem(md_, y)},
+                            {DNNL_ARG_MEAN, mem(stat_md_, mean)},
+                            {DNNL_ARG_VARIANCE, mem(stat_md_, var)},
+                            {DNNL_ARG_SCALE, mem(param_md_, scale)},
+                            {DNNL_ARG_SHIFT, mem(param_md_, bias)}});
+  ctx.stream.wait();
+}
+
+void LayerNormTrain::backward(float* dx, float* dscale, float* dbias, const float* dy, const float* x,
+                              const float* mean, const float* var, const float* scale) const {
+  auto& ctx = context();
+  bwd_.execute(ctx.stream, {{DNNL_ARG_SRC, mem(md_, x)},
+                            {DNNL_ARG_DIFF_DST, mem(md_, dy)},
+                            {DNNL_ARG_MEAN, mem(stat_md_, mean)},
+                            {DNNL_ARG_VARIANCE, mem(stat_md_, var)},
+                            {DNNL_ARG_SCALE, mem(param_md_, scale)},
+                            {DNNL_ARG_DIFF_SRC, mem(md_, dx)},
+                            {DNNL_ARG_DIFF_SCALE, mem(param_md_, dscale)},
+                            {DNNL_ARG_DIFF_SHIFT, mem(param_md_, dbias)}});
+  ctx.stream.wait();
+}
+
+SoftmaxBackward::SoftmaxBackward(int64_t rows, int64_t cols) {
+  md_ = dnnl::memory::desc(dims{rows, cols}, dt::f32, tag::ab);
+  try {
+    auto& eng = context().engine;
+    dnnl::softmax_forward::primitive_desc hint(
+        dnnl::softmax_forward::desc(dnnl::prop_kind::forward_training, md_, 1), eng);
+    pd_ = dnnl::softmax_backward::primitive_desc(dnnl::softmax_backward::desc(md_, md_, 1), eng, hint);
+    primitive_ = dnnl::softmax_backward(pd_);
+  } catch (const dnnl::error& e) {
+    fail("oneDNN softmax backward {}x{} could not be created: {}", rows, cols, e.what());
+  }
+  record_primitive(fmt::format("softmax backward {}x{}", rows, cols), pd_.impl_info_str());
+}
+
+void SoftmaxBackward::run(float* dx, const float* dy, const float* y) const {
+  auto& ctx = context();
+  primitive_.execute(ctx.stream,
+                     {{DNNL_ARG_DST, mem(md_, y)}, {DNNL_ARG_DIFF_DST, mem(md_, dy)}, {DNNL_ARG_DIFF_SRC, mem(md_, dx)}});
+  ctx.stream.wait();
+}
+
+Eltwise::Eltwise(EltwiseKind kind, int64_t count) : kind_(kind) {
+  md_ = dnnl::memory::desc(dims{count}, dt::f32, tag::a);
+  // tanh's derivative is cheapest from its output; GELU's needs its input.
+  const auto alg = kind == EltwiseKind::gelu_tanh ? dnnl::algorithm::eltwise_gelu_tanh
+                                                  : dnnl::algorithm::eltwise_tanh_use_dst_for_bwd;
+  try {
+    auto& eng = context().engine;
+    fwd_pd_ = dnnl::eltwise_forward::primitive_desc(
+        dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_training, alg, md_, 0.0f, 0.0f), eng);
+    fwd_ = dnnl::eltwise_forward(fwd_pd_);
+    bwd_pd_ = dnnl::eltwise_backward::primitive_desc(dnnl::eltwise_backward::desc(alg, md_, md_, 0.0f, 0.0f), eng,
+                                                     fwd_pd_);
+    bwd_ = dnnl::eltwise_backward(bwd_pd_);
+  } catch (const dnnl::error& e) {
+    fail("oneDNN eltwise of {} values could not be created: {}", count, e.what());
+  }
+  record_primitive(fmt::format("eltwise {} forward {}", kind == EltwiseKind::gelu_tanh ? "gelu" : "tanh", count),
+                   fwd_pd_.impl_info_str());
+  record_primitive(fmt::format("eltwise {} backward {}", kind == EltwiseKind::gelu_tanh ? "gelu" : "tanh", count),
+                   bwd_pd_.impl_info_str());
+}
+
+void Eltwise::forward(float* y, const float* x) const {
+  auto& ctx = context();
+  fwd_.execute(ctx.stream, {{DNNL_ARG_SRC, mem(md_, x)}, {DNNL_ARG_DST, mem(md_, y)}});
+  ctx.stream.wait();
+}
+
+void Eltwise::backward(float* dx, const float* dy, const float* x, const float* y) const {
+  auto& ctx = context();
+  const bool from_dst = kind_ == EltwiseKind::tanh;
+  bwd_.execute(ctx.stream, {{from_dst ? DNNL_ARG_DST : DNNL_ARG_SRC, mem(md_, from_dst ? y : x)},
+                            {DNNL_ARG_DIFF_DST, mem(md_, dy)},
+                            {DNNL_ARG_DIFF_SRC, mem(md_, dx)}});
+  ctx.stream.wait();
+}
+
+}  // namespace vmoe::nn

@@ -1,0 +1,59 @@
+#pragma once
+// The oneDNN primitives the training pass needs besides matmul: layer norm that keeps
+// its statistics and its backward, softmax backward, and GELU / tanh forward and
+// backward. Each is created once for its shape and reused.
+#include <cstdint>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+namespace vmoe::nn {
+
+// Forward: y = (x - mean) * rsqrt(var + eps) * scale + bias, keeping mean and var (rows).
+// Backward: dx and (overwritten) dscale, dbias from dy, x and the kept statistics.
+class LayerNormTrain {
+ public:
+  LayerNormTrain(int64_t rows, int64_t cols, float eps);
+  void forward(float* y, float* mean, float* var, const float* x, const float* scale, const float* bias) const;
+  void backward(float* dx, float* dscale, float* dbias, const float* dy, const float* x, const float* mean,
+                const float* var, const float* scale) const;
+
+ private:
+  dnnl::memory::desc md_, stat_md_, param_md_;
+  dnnl::layer_normalization_forward::primitive_desc fwd_pd_;
+  dnnl::layer_normalization_forward fwd_;
+  dnnl::layer_normalization_backward::primitive_desc bwd_pd_;
+  dnnl::layer_normalization_backward bwd_;
+};
+
+// dx = y * (dy - sum(dy * y)) per row, with y = softmax(x) over the last axis.
+class SoftmaxBackward {
+ public:
+  SoftmaxBackward(int64_t rows, int64_t cols);
+  void run(float* dx, const float* dy, const float* y) const;
+
+ private:
+  dnnl::memory::desc md_;
+  dnnl::softmax_backward::primitive_desc pd_;
+  dnnl::softmax_backward primitive_;
+};
+
+enum class EltwiseKind { gelu_tanh, tanh };
+
+// y = f(x) elementwise over `count` floats; backward dx = dy * f'(x) (from x for GELU,
+// from y for tanh, as oneDNN's use_dst variants need).
+class Eltwise {
+ public:
+  Eltwise(EltwiseKind kind, int64_t count);
+  void forward(float* y, const float* x) const;
+  void backward(float* dx, const float* dy, const float* x, const float* y) const;
+
+ private:
+  EltwiseKind kind_;
+  dnnl::memory::desc md_;
+  dnnl::eltwise_forward::primitive_desc fwd_pd_;
+  dnnl::eltwise_forward fwd_;
+  dnnl::eltwise_backward::primitive_desc bwd_pd_;
+  dnnl::eltwise_backward bwd_;
+};
+
+}  // namespace vmoe::nn
