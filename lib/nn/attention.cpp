@@ -5,7 +5,7 @@
 namespace vmoe::nn {
 
 void attention_forward(float* out, float* scores, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Dh,
-                       PrimitiveCache& cache) {
+                       PrimitiveCache& cache, bool keep_probs) {
   const int64_t D = H * Dh;
   GemmSpec qk;  // per head: scores (T, T) = Q (T, Dh) @ K^T, K stored (T, Dh) with row stride 3D
   qk.batch = H, qk.m = T, qk.k = Dh, qk.n = T;
@@ -23,9 +23,10 @@ void attention_forward(float* out, float* scores, const float* qkv, int64_t B, i
   const Softmax& softmax = cache.softmax(H * T, T);
   for (int64_t b = 0; b < B; ++b) {
     const float* q = qkv + b * T * 3 * D;
-    scores_gemm.run(scores, q, q + D);
-    softmax.run(scores, scores);
-    values_gemm.run(out + b * T * D, scores, q + 2 * D);
+    float* p = keep_probs ? scores + b * H * T * T : scores;
+    scores_gemm.run(p, q, q + D);
+    softmax.run(p, p);
+    values_gemm.run(out + b * T * D, p, q + 2 * D);
   }
 }
 

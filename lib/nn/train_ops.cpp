@@ -51,13 +51,14 @@ void LayerNormTrain::forward(float* y, float* mean, float* var, const float* x, 
 }
 
 void LayerNormTrain::backward(float* dx, float* dscale, float* dbias, const float* dy, const float* x,
-                              const float* mean, const float* var, const float* scale) const {
+                              const float* mean, const float* var, const float* scale, const float* bias) const {
   auto& ctx = context();
   bwd_.execute(ctx.stream, {{DNNL_ARG_SRC, mem(md_, x)},
                             {DNNL_ARG_DIFF_DST, mem(md_, dy)},
                             {DNNL_ARG_MEAN, mem(stat_md_, mean)},
                             {DNNL_ARG_VARIANCE, mem(stat_md_, var)},
                             {DNNL_ARG_SCALE, mem(param_md_, scale)},
+                            {DNNL_ARG_SHIFT, mem(param_md_, bias)},
                             {DNNL_ARG_DIFF_SRC, mem(md_, dx)},
                             {DNNL_ARG_DIFF_SCALE, mem(param_md_, dscale)},
                             {DNNL_ARG_DIFF_SHIFT, mem(param_md_, dbias)}});

@@ -14,8 +14,9 @@ class LayerNormTrain {
  public:
   LayerNormTrain(int64_t rows, int64_t cols, float eps);
   void forward(float* y, float* mean, float* var, const float* x, const float* scale, const float* bias) const;
+  // (oneDNN 2.6 insists on the shift argument too, though the maths does not use it.)
   void backward(float* dx, float* dscale, float* dbias, const float* dy, const float* x, const float* mean,
-                const float* var, const float* scale) const;
+                const float* var, const float* scale, const float* bias) const;
 
  private:
   dnnl::memory::desc md_, stat_md_, param_md_;

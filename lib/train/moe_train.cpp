@@ -1,0 +1,416 @@
+#include "train/moe_train.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "core/error.hpp"
+#include "moe/capacity.hpp"
+#include "moe/routers.hpp"
+#include "train/grad_ops.hpp"
+
+namespace vmoe::train {
+
+using nn::GemmSpec;
+
+namespace {
+
+constexpr float kSoftEps = 1e-6f;
+
+// Rows the experts can receive at most in one forward, over all groups.
+int64_t max_expert_rows(const MoeConfig& m, const std::vector<Group>& groups) {
+  int64_t rows = 0;
+  for (const Group& g : groups) {
+    switch (m.router) {
+      case RouterKind::top_k:
+        rows += std::min<int64_t>(g.size * m.k, int64_t{m.num_experts} * expert_capacity(g.size * m.k, m.num_experts,
+                                                                                       m.capacity_factor, m.capacity_rounding,
+                                                                                       m.capacity_multiple_of));
+        break;
+      case RouterKind::experts_choice:
+        rows += int64_t{m.num_experts} *
+                std::min<int64_t>(g.size, expert_capacity(g.size, m.num_experts, m.capacity_factor, m.capacity_rounding,
+                                                          m.capacity_multiple_of));
+        break;
+      case RouterKind::soft: rows += int64_t{m.num_experts} * m.slots_per_expert; break;
+    }
+  }
+  return rows;
+}
+
+// (std / mean)^2 of v (population std) and its gradient wrt each v[e].
+double cv_squared(const std::vector<double>& v, std::vector<double>* grad) {
+  const double E = static_cast<double>(v.size());
+  double mean = 0, var = 0;
+  for (double x : v) mean += x / E;
+  for (double x : v) var += (x - mean) * (x - mean) / E;
+  if (mean <= 0) {
+    if (grad) grad->assign(v.size(), 0.0);
+    return 0.0;
+  }
+  if (grad) {
+    grad->resize(v.size());
+    for (size_t e = 0; e < v.size(); ++e) (*grad)[e] = 2.0 / (E * mean * mean) * (v[e] - mean - var / mean);
+  }
+  return var / (mean * mean);
+}
+
+// Index of the k-th largest value of row (ties to the lower index, as top-k picks).
+int kth_largest(const float* row, int E, int k) {
+  std::vector<int> idx(E);
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return row[a] > row[b]; });
+  return idx[k - 1];
+}
+
+double normal_pdf(double z) { return std::exp(-0.5 * z * z) / std::sqrt(2.0 * M_PI); }
+
+}  // namespace
+
+MoeTrainLayer::MoeTrainLayer(const ModelConfig& c, int B)
+    : moe_(*c.moe),
+      shape_{int64_t{B} * c.num_tokens(), c.num_tokens(), c.hidden_size, c.mlp_dim},
+      groups_(make_groups(shape_.tokens, int64_t{moe_.group_images} * c.num_tokens())),
+      gelu_(nn::EltwiseKind::gelu_tanh, max_expert_rows(*c.moe, groups_) * int64_t{c.mlp_dim}),
+      router_softmax_backward_(shape_.tokens, c.moe->num_experts) {
+  const int64_t N = shape_.tokens, D = shape_.hidden, M = shape_.mlp, E = moe_.num_experts;
+  max_rows_ = max_expert_rows(moe_, groups_);
+  expert_in_ = Tensor({max_rows_, D});
+  expert_out_ = Tensor({max_rows_, D});
+  d_expert_out_ = Tensor({max_rows_, D});
+  d_expert_in_ = Tensor({max_rows_, D});
+  expert_u_ = Tensor({max_rows_, M});
+  expert_a_ = Tensor({max_rows_, M});
+  d_expert_a_ = Tensor({max_rows_, M});
+  d_expert_u_ = Tensor({max_rows_, M});
+  ones_ = Tensor({std::max(N, max_rows_)});
+  ones_.fill(1.0f);
+  if (moe_.router == RouterKind::soft) {
+    const int64_t slots = E * moe_.slots_per_expert, G = static_cast<int64_t>(groups_.size());
+    inv_norm_ = Tensor({N});
+    xn_ = Tensor({N, D});
+    dxn_ = Tensor({N, D});
+    mun_ = Tensor({D, slots});
+    dmun_ = Tensor({D, slots});
+    mu_inv_ = Tensor({slots});
+    for (Tensor* t : {&logits_, &dispatch_, &combine_, &dlogits_, &dcombine_, &ddispatch_}) *t = Tensor({N, slots});
+    slot_in_ = Tensor({G * slots, D});
+    slot_out_ = Tensor({G * slots, D});
+    d_slot_ = Tensor({G * slots, D});
+  } else {
+    clean_logits_ = Tensor({N, E});
+    noisy_logits_ = Tensor({N, E});
+    gates_ = Tensor({N, E});
+    dgates_ = Tensor({N, E});
+    dlogits_ = Tensor({N, E});
+  }
+}
+
+// u = in @ W0[e] + b0[e]; a = GELU(u); out = a @ W1[e] + b1[e], expert by expert.
+void MoeTrainLayer::experts_forward(const BlockParams& p, nn::PrimitiveCache& cache) {
+  const int64_t D = shape_.hidden, M = shape_.mlp;
+  for (int e = 0; e < moe_.num_experts; ++e) {
+    const int64_t rows = plan_.rows_of_expert[e], first = plan_.first_row[e];
+    if (rows) linear(expert_u_.data() + first * M, expert_in_.data() + first * D, p.mlp0_kernel.data() + e * D * M,
+                     p.mlp0_bias.data() + e * M, rows, D, M, cache);
+  }
+  gelu_.forward(expert_a_.data(), expert_u_.data());
+  for (int e = 0; e < moe_.num_experts; ++e) {
+    const int64_t rows = plan_.rows_of_expert[e], first = plan_.first_row[e];
+    if (rows) linear(expert_out_.data() + first * D, expert_a_.data() + first * M, p.mlp1_kernel.data() + e * M * D,
+                     p.mlp1_bias.data() + e * D, rows, M, D, cache);
+  }
+}
+
+// From d_expert_out to d_expert_in, accumulating the experts' parameter gradients.
+void MoeTrainLayer::experts_backward(const BlockParams& p, BlockParams& g, nn::PrimitiveCache& cache) {
+  const int64_t D = shape_.hidden, M = shape_.mlp, ones = ones_.numel();
+  for (int e = 0; e < moe_.num_experts; ++e) {
+    const int64_t rows = plan_.rows_of_expert[e], first = plan_.first_row[e];
+    if (!rows) continue;
+    const float* dout = d_expert_out_.data() + first * D;
+    input_grad(d_expert_a_.data() + first * M, dout, p.mlp1_kernel.data() + e * M * D, rows, M, D, 0.0f, cache);
+    accumulate_weight_grad(g.mlp1_kernel.data() + e * M * D, expert_a_.data() + first * M, dout, rows, M, D, cache);
+    accumulate_bias_grad(g.mlp1_bias.data() + e * D, dout, rows, D, ones_.data(), ones, cache);
+  }
+  gelu_.backward(d_expert_u_.data(), d_expert_a_.data(), expert_u_.data(), expert_a_.data());
+  for (int e = 0; e < moe_.num_experts; ++e) {
+    const int64_t rows = plan_.rows_of_expert[e], first = plan_.first_row[e];
+    if (!rows) continue;
+    const float* du = d_expert_u_.data() + first * M;
+    accumulate_weight_grad(g.mlp0_kernel.data() + e * D * M, expert_in_.data() + first * D, du, rows, D, M, cache);
+    accumulate_bias_grad(g.mlp0_bias.data() + e * M, du, rows, M, ones_.data(), ones, cache);
+    input_grad(d_expert_in_.data() + first * D, du, p.mlp0_kernel.data() + e * D * M, rows, D, M, 0.0f, cache);
+  }
+}
+
+void MoeTrainLayer::forward(float* x, const float* h, const BlockParams& p, std::mt19937_64* noise,
+                            nn::PrimitiveCache& cache) {
+  if (moe_.router == RouterKind::soft) return soft_forward(x, h, p, cache);
+  const int64_t N = shape_.tokens, D = shape_.hidden, E = moe_.num_experts;
+  linear(clean_logits_.data(), h, p.router_kernel.data(), nullptr, N, D, E, cache);
+  std::memcpy(noisy_logits_.data(), clean_logits_.data(), sizeof(float) * N * E);
+  const double sigma = moe_.noise_std / E;
+  if (noise && moe_.router == RouterKind::top_k && sigma > 0) {
+    std::normal_distribution<float> normal(0.0f, static_cast<float>(sigma));
+    for (int64_t i = 0; i < N * E; ++i) noisy_logits_[i] += normal(*noise);
+  }
+  cache.softmax(N, E).run(gates_.data(), noisy_logits_.data());
+  plan_routing(plan_, gates_.data(), shape_, moe_);
+  const auto& entries = plan_.entries;
+  const int64_t count = static_cast<int64_t>(entries.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < count; ++i)
+    std::memcpy(expert_in_.data() + entries[i].row * D, h + entries[i].token * D, sizeof(float) * D);
+  experts_forward(p, cache);
+  // Bucket entries by token (stable counting sort) so combine and scatter run per token.
+  token_begin_.assign(N + 1, 0);
+  for (const auto& en : entries) ++token_begin_[en.token + 1];
+  for (int64_t n = 0; n < N; ++n) token_begin_[n + 1] += token_begin_[n];
+  by_token_.resize(count);
+  std::vector<int64_t> cursor(token_begin_.begin(), token_begin_.end() - 1);
+  for (int64_t i = 0; i < count; ++i) by_token_[cursor[entries[i].token]++] = i;
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = token_begin_[n]; j < token_begin_[n + 1]; ++j) {
+      const auto& en = entries[by_token_[j]];
+      const float* y = expert_out_.data() + en.row * D;
+      for (int64_t d = 0; d < D; ++d) x[n * D + d] += en.weight * y[d];
+    }
+  compute_aux_losses();
+}
+
+// importance = cv^2 of per-expert gate sums; load = cv^2 of per-expert mean probability
+// of being selected under re-sampled noise, P(noisy logit beats the k-th best) =
+// 1 - Phi((threshold - clean logit) / sigma); per group, averaged over groups.
+void MoeTrainLayer::compute_aux_losses() {
+  aux_ = {};
+  if (moe_.router != RouterKind::top_k) return;
+  const int E = moe_.num_experts;
+  const double sigma = moe_.noise_std / E;
+  for (const Group& g : groups_) {
+    std::vector<double> importance(E, 0.0), load(E, 0.0);
+    for (int64_t n = g.first; n < g.first + g.size; ++n) {
+      const float* gate = gates_.data() + n * E;
+      for (int e = 0; e < E; ++e) importance[e] += gate[e];
+      if (sigma > 0) {
+        const float* noisy = noisy_logits_.data() + n * E;
+        const double threshold = noisy[kth_largest(noisy, E, moe_.k)];
+        for (int e = 0; e < E; ++e)
+          load[e] += 0.5 * std::erfc((threshold - clean_logits_[n * E + e]) / sigma / std::sqrt(2.0)) / g.size;
+      }
+    }
+    aux_.importance += cv_squared(importance, nullptr) / groups_.size();
+    if (sigma > 0) aux_.load += cv_squared(load, nullptr) / groups_.size();
+  }
+}
+
+void MoeTrainLayer::backward(float* dh, const float* dy, const float* h, const BlockParams& p, BlockParams& g,
+                             float importance_weight, float load_weight, nn::PrimitiveCache& cache) {
+  if (moe_.router == RouterKind::soft) return soft_backward(dh, dy, h, p, g, cache);
+  const int64_t N = shape_.tokens, D = shape_.hidden, E = moe_.num_experts;
+  const auto& entries = plan_.entries;
+  const int64_t count = static_cast<int64_t>(entries.size());
+  dgates_.fill(0.0f);
+  // y[n] = sum gate * out[row]: d out[row] = gate * dy[n], d gate = dy[n] . out[row].
+  // Each (token, expert) pair occurs once, so the writes below never collide.
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < count; ++i) {
+    const auto& en = entries[i];
+    const float* dyn = dy + en.token * D;
+    const float* out = expert_out_.data() + en.row * D;
+    float* dout = d_expert_out_.data() + en.row * D;
+    double dot = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      dout[d] = en.weight * dyn[d];
+      dot += double{dyn[d]} * out[d];
+    }
+    dgates_[en.token * E + en.expert] = static_cast<float>(dot);
+  }
+  experts_backward(p, g, cache);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    float* dhn = dh + n * D;
+    std::fill(dhn, dhn + D, 0.0f);
+    for (int64_t j = token_begin_[n]; j < token_begin_[n + 1]; ++j) {
+      const float* din = d_expert_in_.data() + entries[by_token_[j]].row * D;
+      for (int64_t d = 0; d < D; ++d) dhn[d] += din[d];
+    }
+  }
+  const double sigma = moe_.noise_std / E;
+  const bool top_k = moe_.router == RouterKind::top_k;
+  const double G = static_cast<double>(groups_.size());
+  if (top_k && importance_weight != 0) {
+    for (const Group& grp : groups_) {
+      std::vector<double> importance(E, 0.0), grad;
+      for (int64_t n = grp.first; n < grp.first + grp.size; ++n)
+        for (int e = 0; e < E; ++e) importance[e] += gates_[n * E + e];
+      cv_squared(importance, &grad);
+      for (int64_t n = grp.first; n < grp.first + grp.size; ++n)
+        for (int e = 0; e < E; ++e) dgates_[n * E + e] += static_cast<float>(importance_weight / G * grad[e]);
+    }
+  }
+  // dlogits = softmax backward of the gates (noise is additive, so clean and noisy
+  // logits share this gradient); then the load loss, which reads the clean logits and
+  // the noisy k-th best as threshold.
+  Tensor& dlogits = dlogits_;
+  router_softmax_backward_.run(dlogits.data(), dgates_.data(), gates_.data());
+  if (top_k && load_weight != 0 && sigma > 0) {
+    for (const Group& grp : groups_) {
+      const int64_t S = grp.size;
+      std::vector<double> load(E, 0.0), grad;
+      std::vector<double> z(S * E);
+      std::vector<int> kth(S);
+      for (int64_t t = 0; t < S; ++t) {
+        const int64_t n = grp.first + t;
+        const float* noisy = noisy_logits_.data() + n * E;
+        kth[t] = kth_largest(noisy, E, moe_.k);
+        for (int e = 0; e < E; ++e) {
+          z[t * E + e] = (noisy[kth[t]] - clean_logits_[n * E + e]) / sigma;
+          load[e] += 0.5 * std::erfc(z[t * E + e] / std::sqrt(2.0)) / S;
+        }
+      }
+      cv_squared(load, &grad);
+      for (int64_t t = 0; t < S; ++t) {
+        const int64_t n = grp.first + t;
+        for (int e = 0; e < E; ++e) {
+          const double c = load_weight / G * grad[e] / S * normal_pdf(z[t * E + e]) / sigma;
+          dlogits[n * E + e] += static_cast<float>(c);
+          dlogits[n * E + kth[t]] -= static_cast<float>(c);
+        }
+      }
+    }
+  }
+  accumulate_weight_grad(g.router_kernel.data(), h, dlogits.data(), N, D, E, cache);
+  input_grad(dh, dlogits.data(), p.router_kernel.data(), N, D, E, 1.0f, cache);
+}
+
+// Soft-MoE, per group of S tokens: xn = h / |h|, logits = xn @ (scale * mu / |mu|),
+// dispatch = softmax over tokens, combine = softmax over slots, slot_in = dispatch^T h,
+// slot_out = expert(slot_in), y = combine @ slot_out.
+void MoeTrainLayer::soft_forward(float* x, const float* h, const BlockParams& p, nn::PrimitiveCache& cache) {
+  const int64_t N = shape_.tokens, D = shape_.hidden, E = moe_.num_experts, P = moe_.slots_per_expert;
+  const int64_t slots = E * P, G = static_cast<int64_t>(groups_.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    double ss = 0;
+    for (int64_t d = 0; d < D; ++d) ss += double{h[n * D + d]} * h[n * D + d];
+    inv_norm_[n] = 1.0f / std::sqrt(static_cast<float>(ss) + kSoftEps);
+    for (int64_t d = 0; d < D; ++d) xn_[n * D + d] = h[n * D + d] * inv_norm_[n];
+  }
+  const float scale = p.router_scale[0];
+  for (int64_t s = 0; s < slots; ++s) {
+    double ss = 0;
+    for (int64_t d = 0; d < D; ++d) ss += double{p.router_mu[d * slots + s]} * p.router_mu[d * slots + s];
+    mu_inv_[s] = 1.0f / std::sqrt(static_cast<float>(ss) + kSoftEps);
+  }
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t s = 0; s < slots; ++s) mun_[d * slots + s] = scale * p.router_mu[d * slots + s] * mu_inv_[s];
+  linear(logits_.data(), xn_.data(), mun_.data(), nullptr, N, D, slots, cache);
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t g = 0; g < G; ++g)
+    soft_dispatch_combine(dispatch_.data() + groups_[g].first * slots, combine_.data() + groups_[g].first * slots,
+                          logits_.data() + groups_[g].first * slots, static_cast<int>(groups_[g].size),
+                          static_cast<int>(slots));
+  for (int64_t g = 0; g < G; ++g) {
+    GemmSpec s;
+    s.m = slots, s.k = groups_[g].size, s.n = D, s.trans_a = true, s.lda = slots;
+    cache.gemm(s).run(slot_in_.data() + g * slots * D, dispatch_.data() + groups_[g].first * slots,
+                      h + groups_[g].first * D);
+  }
+  plan_.rows_of_expert.assign(E, G * P);
+  plan_.first_row.resize(E);
+  for (int64_t e = 0; e < E; ++e) plan_.first_row[e] = e * G * P;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t e = 0; e < E; ++e)
+      std::memcpy(expert_in_.data() + (e * G + g) * P * D, slot_in_.data() + (g * E + e) * P * D, sizeof(float) * P * D);
+  experts_forward(p, cache);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t e = 0; e < E; ++e)
+      std::memcpy(slot_out_.data() + (g * E + e) * P * D, expert_out_.data() + (e * G + g) * P * D, sizeof(float) * P * D);
+  for (int64_t g = 0; g < G; ++g) {
+    GemmSpec s;
+    s.m = groups_[g].size, s.k = slots, s.n = D, s.beta = 1.0f;
+    cache.gemm(s).run(x + groups_[g].first * D, combine_.data() + groups_[g].first * slots, slot_out_.data() + g * slots * D);
+  }
+}
+
+void MoeTrainLayer::soft_backward(float* dh, const float* dy, const float* h, const BlockParams& p, BlockParams& g,
+                                  nn::PrimitiveCache& cache) {
+  const int64_t N = shape_.tokens, D = shape_.hidden, E = moe_.num_experts, P = moe_.slots_per_expert;
+  const int64_t slots = E * P, G = static_cast<int64_t>(groups_.size());
+  for (int64_t gi = 0; gi < G; ++gi) {
+    const int64_t first = groups_[gi].first, S = groups_[gi].size;
+    GemmSpec dc;  // dcombine (S, slots) = dy (S, D) @ slot_out^T
+    dc.m = S, dc.k = D, dc.n = slots, dc.trans_b = true, dc.ldb = D;
+    cache.gemm(dc).run(dcombine_.data() + first * slots, dy + first * D, slot_out_.data() + gi * slots * D);
+    GemmSpec ds;  // dslot_out (slots, D) = combine^T @ dy
+    ds.m = slots, ds.k = S, ds.n = D, ds.trans_a = true, ds.lda = slots;
+    cache.gemm(ds).run(d_slot_.data() + gi * slots * D, combine_.data() + first * slots, dy + first * D);
+  }
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t gi = 0; gi < G; ++gi)
+    for (int64_t e = 0; e < E; ++e)
+      std::memcpy(d_expert_out_.data() + (e * G + gi) * P * D, d_slot_.data() + (gi * E + e) * P * D,
+                  sizeof(float) * P * D);
+  experts_backward(p, g, cache);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t gi = 0; gi < G; ++gi)
+    for (int64_t e = 0; e < E; ++e)
+      std::memcpy(d_slot_.data() + (gi * E + e) * P * D, d_expert_in_.data() + (e * G + gi) * P * D,
+                  sizeof(float) * P * D);
+  for (int64_t gi = 0; gi < G; ++gi) {
+    const int64_t first = groups_[gi].first, S = groups_[gi].size;
+    GemmSpec dd;  // ddispatch (S, slots) = h (S, D) @ dslot_in^T
+    dd.m = S, dd.k = D, dd.n = slots, dd.trans_b = true, dd.ldb = D;
+    cache.gemm(dd).run(ddispatch_.data() + first * slots, h + first * D, d_slot_.data() + gi * slots * D);
+    GemmSpec dx;  // dh (S, D) = dispatch (S, slots) @ dslot_in
+    dx.m = S, dx.k = slots, dx.n = D;
+    cache.gemm(dx).run(dh + first * D, dispatch_.data() + first * slots, d_slot_.data() + gi * slots * D);
+  }
+  // Softmax backwards: combine over slots (rows), dispatch over the group's tokens (columns).
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t gi = 0; gi < G; ++gi) {
+    const int64_t first = groups_[gi].first, S = groups_[gi].size;
+    std::vector<double> column(slots, 0.0);
+    for (int64_t n = first; n < first + S; ++n)
+      for (int64_t s = 0; s < slots; ++s) column[s] += double{ddispatch_[n * slots + s]} * dispatch_[n * slots + s];
+    for (int64_t n = first; n < first + S; ++n) {
+      double row = 0;
+      for (int64_t s = 0; s < slots; ++s) row += double{dcombine_[n * slots + s]} * combine_[n * slots + s];
+      for (int64_t s = 0; s < slots; ++s) {
+        const int64_t i = n * slots + s;
+        dlogits_[i] = static_cast<float>(combine_[i] * (dcombine_[i] - row) + dispatch_[i] * (ddispatch_[i] - column[s]));
+      }
+    }
+  }
+  input_grad(dxn_.data(), dlogits_.data(), mun_.data(), N, D, slots, 0.0f, cache);
+  dmun_.fill(0.0f);
+  accumulate_weight_grad(dmun_.data(), xn_.data(), dlogits_.data(), N, D, slots, cache);
+  // xn = h * r with r = (|h|^2 + eps)^-1/2:  dh += r dxn - h r^3 (h . dxn)
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    double dot = 0;
+    for (int64_t d = 0; d < D; ++d) dot += double{h[n * D + d]} * dxn_[n * D + d];
+    const float r = inv_norm_[n], r3dot = static_cast<float>(r * r * r * dot);
+    for (int64_t d = 0; d < D; ++d) dh[n * D + d] += r * dxn_[n * D + d] - h[n * D + d] * r3dot;
+  }
+  // mun = scale * mu * q with q = (|mu_s|^2 + eps)^-1/2 per slot.
+  const float scale = p.router_scale[0];
+  double dscale = 0;
+  for (int64_t s = 0; s < slots; ++s) {
+    double dot = 0;
+    const double q = mu_inv_[s];
+    for (int64_t d = 0; d < D; ++d) dot += double{p.router_mu[d * slots + s]} * dmun_[d * slots + s];
+    dscale += dot * q;
+    for (int64_t d = 0; d < D; ++d)
+      g.router_mu[d * slots + s] +=
+          static_cast<float>(scale * (q * dmun_[d * slots + s] - p.router_mu[d * slots + s] * q * q * q * dot));
+  }
+  g.router_scale[0] += static_cast<float>(dscale);
+}
+
+}  // namespace vmoe::train
