@@ -60,11 +60,13 @@ std::vector<Architecture> make_architectures() {
   }
   list.push_back({"vit-fmnist", "dense ViT for 28x28 grey: patch 4 + CLS, 6 blocks, D 96, 3 heads, MLP 384", fashion(384)});
   {
+    // Equal active compute with vit-fmnist: every block is MoE, and each token's two
+    // experts of MLP 192 cost what one dense MLP of 384 does.
     ModelConfig c = fashion(192);
     MoeConfig m;
-    m.layers = {1, 3, 5};
+    m.layers = {0, 1, 2, 3, 4, 5};
     c.moe = m;
-    list.push_back({"vmoe-fmnist", "V-MoE for 28x28 grey: as vit-fmnist, blocks 1,3,5 with 8 experts top-2 of MLP 192", c});
+    list.push_back({"vmoe-fmnist", "V-MoE for 28x28 grey: as vit-fmnist, every block 8 experts top-2 of MLP 192", c});
   }
   {
     ModelConfig c = fashion(384);
@@ -76,14 +78,16 @@ std::vector<Architecture> make_architectures() {
     list.push_back({"ec-fmnist", "experts-choice for 28x28 grey: blocks 1,3,5 with 8 experts of MLP 384, factor 1.0", c});
   }
   {
+    // 8 experts x 5 slots = 40 slots for 50 tokens: the slots' MLPs plus the dispatch
+    // and combine products cost about one dense MLP of 384 per token.
     ModelConfig c = fashion(384);
     MoeConfig m;
     m.layers = {1, 3, 5};
     m.router = RouterKind::soft;
-    m.num_experts = 16;
-    m.slots_per_expert = 3;
+    m.num_experts = 8;
+    m.slots_per_expert = 5;
     c.moe = m;
-    list.push_back({"softmoe-fmnist", "Soft-MoE for 28x28 grey: blocks 1,3,5 with 16 experts x 3 slots of MLP 384", c});
+    list.push_back({"softmoe-fmnist", "Soft-MoE for 28x28 grey: blocks 1,3,5 with 8 experts x 5 slots of MLP 384", c});
   }
   for (auto& a : list) a.config.validate();
   return list;
