@@ -23,6 +23,8 @@ Run add_classify(CLI::App& root);
 Run add_info(CLI::App& root);
 Run add_init(CLI::App& root);
 Run add_bench(CLI::App& root);
+Run add_eval(CLI::App& root);
+Run add_train(CLI::App& root);
 
 // -m MODEL: given, else $VMOE_MODEL, else the bundled default next to the binary.
 std::string resolve_model_path(const std::string& given);

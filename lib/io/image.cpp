@@ -1,5 +1,9 @@
 #include "io/image.hpp"
 
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
@@ -76,6 +80,9 @@ void preprocess_image(float* out, const unsigned char* pixels, int rows, int col
 }
 
 void load_image(float* out, const std::string& path, const ImageConfig& image) {
+  // Check first: cv::imread would print a warning of its own for a missing file.
+  if (std::FILE* f = std::fopen(path.c_str(), "rb")) std::fclose(f);
+  else fail("{}: cannot open image ({})", path, std::strerror(errno));
   cv::Mat decoded;
   try {
     decoded = cv::imread(path, cv::IMREAD_UNCHANGED);

@@ -12,12 +12,16 @@ using dims = dnnl::memory::dims;
 using dt = dnnl::memory::data_type;
 constexpr int64_t kRuntime = DNNL_RUNTIME_DIM_VAL;
 
-// A (rows, cols) operand stored row-major with leading dimension ld, or transposed.
+// A (rows, cols) operand stored row-major with leading dimension ld, or transposed;
+// with batch axes in front when batched (outer > 1 makes it 4-D).
 dnnl::memory::desc operand_md(int64_t batch, int64_t rows, int64_t cols, bool transposed, int64_t ld,
-                              int64_t batch_stride, bool batched) {
+                              int64_t batch_stride, bool batched, int64_t outer = 1, int64_t outer_stride = 0) {
   int64_t row_stride = transposed ? 1 : ld;
   int64_t col_stride = transposed ? ld : 1;
   if (!batched) return dnnl::memory::desc(dims{rows, cols}, dt::f32, dims{row_stride, col_stride});
+  if (outer > 1)
+    return dnnl::memory::desc(dims{outer, batch, rows, cols}, dt::f32,
+                              dims{outer_stride, batch_stride, row_stride, col_stride});
   return dnnl::memory::desc(dims{batch, rows, cols}, dt::f32, dims{batch_stride, row_stride, col_stride});
 }
 
@@ -30,9 +34,10 @@ dnnl::algorithm algorithm_of(Activation a) {
 Gemm::Gemm(const GemmSpec& s) : spec_(s) {
   if ((!s.runtime_k && s.k <= 0) || s.n <= 0 || (!s.runtime_m && s.m <= 0) || s.batch <= 0)
     fail("gemm: bad sizes {}x{}x{}", s.m, s.k, s.n);
-  if ((s.runtime_m || s.runtime_k) && s.batch != 1) fail("gemm: runtime sizes need batch 1");
+  if ((s.runtime_m || s.runtime_k) && (s.batch != 1 || s.outer != 1)) fail("gemm: runtime sizes need batch 1");
   if (s.bias && s.alpha != 1.0f) fail("gemm: alpha with bias is not supported");
-  const bool batched = s.batch > 1;
+  if (s.outer < 1) fail("gemm: outer batch {}", s.outer);
+  const bool batched = s.batch > 1 || s.outer > 1;
   const int64_t m = s.runtime_m ? kRuntime : s.m;
   const int64_t k = s.runtime_k ? kRuntime : s.k;
   spec_.lda = s.lda ? s.lda : (s.trans_a ? s.m : s.k);
@@ -42,11 +47,14 @@ Gemm::Gemm(const GemmSpec& s) : spec_(s) {
   if (s.runtime_m && s.trans_a && !s.lda) fail("gemm: transposed A with runtime rows needs lda");
   if (s.runtime_k && !s.trans_a && !s.lda) fail("gemm: A with runtime k needs lda");
   if (s.runtime_k && s.trans_b && !s.ldb) fail("gemm: transposed B with runtime k needs ldb");
-  a_md_ = operand_md(s.batch, m, k, s.trans_a, spec_.lda, s.batch_stride_a, batched);
-  b_md_ = operand_md(s.batch, k, s.n, s.trans_b, spec_.ldb, s.batch_stride_b, batched);
-  c_md_ = operand_md(s.batch, m, s.n, false, spec_.ldc, s.batch_stride_c, batched);
-  if (s.bias) bias_md_ = batched ? dnnl::memory::desc(dims{1, 1, s.n}, dt::f32, dims{s.n, s.n, 1})
-                                 : dnnl::memory::desc(dims{1, s.n}, dt::f32, dims{s.n, 1});
+  a_md_ = operand_md(s.batch, m, k, s.trans_a, spec_.lda, s.batch_stride_a, batched, s.outer, s.outer_stride_a);
+  b_md_ = operand_md(s.batch, k, s.n, s.trans_b, spec_.ldb, s.batch_stride_b, batched, s.outer, s.outer_stride_b);
+  c_md_ = operand_md(s.batch, m, s.n, false, spec_.ldc, s.batch_stride_c, batched, s.outer, s.outer_stride_c);
+  if (s.bias) {
+    if (s.outer > 1) fail("gemm: bias with an outer batch is not supported");
+    bias_md_ = batched ? dnnl::memory::desc(dims{1, 1, s.n}, dt::f32, dims{s.n, s.n, 1})
+                       : dnnl::memory::desc(dims{1, s.n}, dt::f32, dims{s.n, 1});
+  }
 
   dnnl::primitive_attr attr;
   dnnl::post_ops ops;
@@ -61,7 +69,7 @@ Gemm::Gemm(const GemmSpec& s) : spec_(s) {
   } catch (const dnnl::error& e) {
     fail("oneDNN matmul {}x{}x{} could not be created: {}", s.m, s.k, s.n, e.what());
   }
-  record_primitive(fmt::format("matmul b{} m{} k{} n{}{}{}", s.batch, s.runtime_m ? std::string("?") : std::to_string(s.m),
+  record_primitive(fmt::format("matmul b{} m{} k{} n{}{}{}", s.outer * s.batch, s.runtime_m ? std::string("?") : std::to_string(s.m),
                                s.runtime_k ? std::string("?") : std::to_string(s.k), s.n, s.trans_a ? " tA" : "", s.trans_b ? " tB" : ""),
                    impl());
 }

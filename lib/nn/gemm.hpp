@@ -21,6 +21,8 @@ struct GemmSpec {
   bool trans_b = false;  // B is stored (n, k)
   int64_t lda = 0, ldb = 0, ldc = 0;  // row strides of A, B, C as stored; 0 = packed
   int64_t batch = 1, batch_stride_a = 0, batch_stride_b = 0, batch_stride_c = 0;
+  // An outer batch axis around `batch` (e.g. images around heads): 4-D operands.
+  int64_t outer = 1, outer_stride_a = 0, outer_stride_b = 0, outer_stride_c = 0;
   bool bias = false;  // bias of n floats, broadcast over rows
   Activation activation = Activation::none;
   float alpha = 1.0f;  // not combined with bias

@@ -3,8 +3,28 @@
 namespace vmoe::nn {
 
 const Gemm& PrimitiveCache::gemm(const GemmSpec& s) {
-  GemmKey key{s.m, s.k, s.n, s.runtime_m, s.trans_a, s.trans_b, s.lda, s.ldb, s.ldc, s.batch, s.batch_stride_a,
-              s.batch_stride_b, s.batch_stride_c, s.bias, static_cast<int>(s.activation), s.alpha, s.beta};
+  GemmKey key{s.m,
+              s.k,
+              s.n,
+              s.runtime_m,
+              s.runtime_k,
+              s.trans_a,
+              s.trans_b,
+              s.lda,
+              s.ldb,
+              s.ldc,
+              s.batch,
+              s.batch_stride_a,
+              s.batch_stride_b,
+              s.batch_stride_c,
+              s.outer,
+              s.outer_stride_a,
+              s.outer_stride_b,
+              s.outer_stride_c,
+              s.bias,
+              static_cast<int>(s.activation),
+              s.alpha,
+              s.beta};
   auto& slot = gemms_[key];
   if (!slot) slot = std::make_unique<Gemm>(s);
   return *slot;

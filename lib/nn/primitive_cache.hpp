@@ -18,8 +18,8 @@ class PrimitiveCache {
   size_t size() const { return gemms_.size() + norms_.size() + softmaxes_.size(); }
 
  private:
-  using GemmKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t,
-                             int64_t, int64_t, bool, int, float, float>;
+  using GemmKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool, bool, int64_t, int64_t, int64_t, int64_t,
+                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, int, float, float>;
   std::map<GemmKey, std::unique_ptr<Gemm>> gemms_;
   std::map<std::tuple<int64_t, int64_t, float>, std::unique_ptr<LayerNorm>> norms_;
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Softmax>> softmaxes_;

@@ -53,7 +53,7 @@ TrainGraph::TrainGraph(const ModelConfig& c, int batch)
       patch_len_(int64_t{c.patch_h} * c.patch_w * c.image.channels),
       pooled_(c.pooled_size()),
       norm_(N_, D_, static_cast<float>(c.layer_norm_eps)),
-      attn_softmax_backward_(H_ * T_, T_),
+      attn_softmax_backward_(int64_t{batch} * H_ * T_, T_),
       gelu_(nn::EltwiseKind::gelu_tanh, N_ * M_) {
   if (batch <= 0) fail("training batch must be positive, got {}", batch);
   c.validate();
@@ -89,7 +89,7 @@ TrainGraph::TrainGraph(const ModelConfig& c, int batch)
   probs_ = Tensor({int64_t{batch}, c.num_classes});
   for (Tensor* t : {&dx_, &dtmp_, &dh_, &dattn_}) *t = Tensor({N_, D_});
   dqkv_ = Tensor({N_, 3 * D_});
-  dprobs_ = Tensor({2, H_, T_, T_});
+  dprobs_ = Tensor({2, int64_t{batch}, H_, T_, T_});
   du_ = Tensor({N_, M_});
   da_ = Tensor({N_, M_});
   dpooled_ = Tensor({int64_t{batch}, D_});
@@ -227,34 +227,30 @@ void TrainGraph::block_backward(int l, const BlockParams& p, BlockParams& g, flo
   // Attention, per image and head: O = P V, P = softmax(s Q K^T), s = 1/sqrt(Dh).
   //   dP = dO V^T, dV = P^T dO, dS = softmax_bwd(dP), dQ = s dS K, dK = s dS^T Q
   const float s = 1.0f / std::sqrt(static_cast<float>(Dh));
+  const int64_t img_qkv = T * 3 * D, img_probs = H * T * T, img_out = T * D;  // per-image strides
   GemmSpec dp;
+  dp.outer = B_, dp.outer_stride_a = img_out, dp.outer_stride_b = img_qkv, dp.outer_stride_c = img_probs;
   dp.batch = H, dp.m = T, dp.k = Dh, dp.n = T, dp.lda = D, dp.batch_stride_a = Dh;
   dp.trans_b = true, dp.ldb = 3 * D, dp.batch_stride_b = Dh, dp.batch_stride_c = T * T;
   GemmSpec dv;
+  dv.outer = B_, dv.outer_stride_a = img_probs, dv.outer_stride_b = img_out, dv.outer_stride_c = img_qkv;
   dv.batch = H, dv.m = T, dv.k = T, dv.n = Dh, dv.trans_a = true, dv.lda = T, dv.batch_stride_a = T * T;
   dv.ldb = D, dv.batch_stride_b = Dh, dv.ldc = 3 * D, dv.batch_stride_c = Dh;
   GemmSpec dq;
+  dq.outer = B_, dq.outer_stride_a = img_probs, dq.outer_stride_b = img_qkv, dq.outer_stride_c = img_qkv;
   dq.batch = H, dq.m = T, dq.k = T, dq.n = Dh, dq.batch_stride_a = T * T, dq.ldb = 3 * D, dq.batch_stride_b = Dh;
   dq.ldc = 3 * D, dq.batch_stride_c = Dh, dq.alpha = s;
   GemmSpec dk = dq;
   dk.trans_a = true, dk.lda = T;
-  const nn::Gemm& dp_gemm = cache_.gemm(dp);
-  const nn::Gemm& dv_gemm = cache_.gemm(dv);
-  const nn::Gemm& dq_gemm = cache_.gemm(dq);
-  const nn::Gemm& dk_gemm = cache_.gemm(dk);
   float* dP = dprobs_.data();
-  float* dS = dprobs_.data() + H * T * T;
-  for (int64_t b = 0; b < B_; ++b) {
-    const float* qkv = a.qkv.data() + b * T * 3 * D;
-    const float* P = a.probs.data() + b * H * T * T;
-    const float* dO = dattn_.data() + b * T * D;
-    float* dqkv = dqkv_.data() + b * T * 3 * D;
-    dp_gemm.run(dP, dO, qkv + 2 * D);
-    dv_gemm.run(dqkv + 2 * D, P, dO);
-    attn_softmax_backward_.run(dS, dP, P);
-    dq_gemm.run(dqkv, dS, qkv + D);
-    dk_gemm.run(dqkv + D, dS, qkv);
-  }
+  float* dS = dprobs_.data() + B_ * H * T * T;
+  const float* qkv = a.qkv.data();
+  float* dqkv = dqkv_.data();
+  cache_.gemm(dp).run(dP, dattn_.data(), qkv + 2 * D);
+  cache_.gemm(dv).run(dqkv + 2 * D, a.probs.data(), dattn_.data());
+  attn_softmax_backward_.run(dS, dP, a.probs.data());
+  cache_.gemm(dq).run(dqkv, dS, qkv + D);
+  cache_.gemm(dk).run(dqkv + D, dS, qkv);
   // qkv = h0 @ Wqkv + bqkv
   pack_qkv(qkv_kernel_.data(), qkv_bias_.data(), p, D);
   dqkv_kernel_.fill(0.0f);

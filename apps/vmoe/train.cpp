@@ -1,0 +1,171 @@
+// vmoe train --data SPEC --arch NAME [...] -o MODEL | vmoe train --resume MODEL.train -o MODEL
+#include <omp.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/core.h>
+
+#include "commands.hpp"
+#include "core/error.hpp"
+#include "io/config_json.hpp"
+#include "model/architectures.hpp"
+#include "train/trainer.hpp"
+
+namespace vmoe::cli {
+
+namespace {
+
+std::atomic<bool> g_stop{false};  // set by SIGINT: stop between steps, keep the last checkpoint
+
+void on_interrupt(int) {
+  g_stop = true;
+  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
+}
+
+struct TrainArgs {
+  train::TrainSettings settings;
+  std::string arch, init_model, output, log, resume, router;
+  std::optional<int> experts, k, slots, mlp_dim, hidden, layers, heads, group_images;
+  std::optional<double> capacity_factor, noise_std;
+  std::vector<int> moe_layers;
+  bool no_augment = false;
+  int threads = 0;
+};
+
+ModelConfig build_config(const TrainArgs& a) {
+  ModelConfig c = find_architecture(a.arch).config;
+  if (a.hidden) c.hidden_size = *a.hidden;
+  if (a.layers) c.num_layers = *a.layers;
+  if (a.heads) c.num_heads = *a.heads;
+  if (a.mlp_dim) c.mlp_dim = *a.mlp_dim;
+  const bool moe_flags = a.experts || a.k || a.slots || a.capacity_factor || a.noise_std || !a.router.empty() ||
+                         !a.moe_layers.empty() || a.group_images;
+  if (moe_flags && !c.moe) {
+    if (a.moe_layers.empty()) throw UsageError(fmt::format("--arch {} is dense: give --moe-layers to add MoE blocks", a.arch));
+    c.moe = MoeConfig{};
+  }
+  if (c.moe) {
+    MoeConfig& m = *c.moe;
+    if (!a.moe_layers.empty()) m.layers = a.moe_layers;
+    if (a.router == "top_k") m.router = RouterKind::top_k;
+    if (a.router == "experts_choice") m.router = RouterKind::experts_choice;
+    if (a.router == "soft") m.router = RouterKind::soft;
+    if (a.experts) m.num_experts = *a.experts;
+    if (a.k) m.k = *a.k;
+    if (a.slots) m.slots_per_expert = *a.slots;
+    if (a.capacity_factor) m.capacity_factor = *a.capacity_factor;
+    if (a.noise_std) m.noise_std = *a.noise_std;
+    if (a.group_images) m.group_images = *a.group_images;
+  }
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    throw UsageError(e.what());
+  }
+  return c;
+}
+
+void append_log(const std::string& path, const train::EpochReport& r) {
+  const bool fresh = !std::filesystem::exists(path);
+  std::ofstream out(path, std::ios::app);
+  if (!out) throw Error(fmt::format("cannot write log {}", path));
+  if (fresh) out << "epoch,loss,aux_importance,aux_load,train_accuracy,test_accuracy,lr,seconds,images_per_s,expert_load\n";
+  std::string load;
+  for (size_t l = 0; l < r.expert_load.size(); ++l) {
+    if (l) load += "|";
+    for (size_t e = 0; e < r.expert_load[l].size(); ++e) load += fmt::format("{}{:.4f}", e ? " " : "", r.expert_load[l][e]);
+  }
+  out << fmt::format("{},{:.6f},{:.6f},{:.6f},{:.6f},{:.6f},{:.3e},{:.2f},{:.1f},{}\n", r.epoch, r.loss, r.aux_importance,
+                     r.aux_load, r.train_accuracy, r.test_accuracy, r.lr, r.seconds, r.images_per_s, load);
+}
+
+}  // namespace
+
+Run add_train(CLI::App& root) {
+  auto a = std::make_shared<TrainArgs>();
+  train::TrainSettings& s = a->settings;
+  CLI::App* app = root.add_subcommand("train", "train a model on CPU (Fashion-MNIST or a class-per-folder tree)");
+  app->add_option("--data", s.data, "training data: fashion-mnist:train or a folder with one sub-folder per class");
+  app->add_option("--data-dir", s.data_dir, "where the Fashion-MNIST IDX files are");
+  app->add_option("--test-data", s.test_data, "evaluated after every epoch (default: fashion-mnist:test for fashion-mnist:train; 'none')");
+  app->add_option("--arch", a->arch, "architecture to start from (vmoe init --list)");
+  app->add_option("-o,--output", a->output, "model file written after every epoch (state in MODEL.train)")->required();
+  app->add_option("--resume", a->resume, "continue the run whose state file is MODEL.train");
+  app->add_option("--epochs", s.epochs, "epochs")->check(CLI::Range(1, 100000));
+  app->add_option("--batch", s.batch, "images per step")->check(CLI::Range(1, 65536));
+  app->add_option("--lr", s.lr, "peak learning rate")->check(CLI::PositiveNumber);
+  app->add_option("--warmup-epochs", s.warmup_epochs, "linear warm-up length")->check(CLI::NonNegativeNumber);
+  app->add_option("--weight-decay", s.weight_decay, "AdamW decoupled weight decay")->check(CLI::NonNegativeNumber);
+  app->add_option("--clip", s.clip_norm, "gradient clipping global norm (0: off)")->check(CLI::NonNegativeNumber);
+  app->add_option("--label-smoothing", s.label_smoothing, "label smoothing")->check(CLI::Range(0.0, 0.99));
+  app->add_option("--importance-weight", s.importance_weight, "importance loss weight")->check(CLI::NonNegativeNumber);
+  app->add_option("--load-weight", s.load_weight, "load loss weight")->check(CLI::NonNegativeNumber);
+  app->add_flag("--no-augment", a->no_augment, "no random crop / flip");
+  app->add_option("--crop-padding", s.crop_padding, "random crop padding in pixels")->check(CLI::Range(0, 64));
+  app->add_option("--seed", s.seed, "seed: same seed, same run");
+  app->add_option("--limit", s.limit, "use only the first N training images")->check(CLI::PositiveNumber);
+  app->add_option("--test-limit", s.test_limit, "evaluate only the first N test images")->check(CLI::PositiveNumber);
+  app->add_option("--log", a->log, "append per-epoch metrics to this CSV file");
+  app->add_option("--threads", a->threads, "OpenMP threads")->check(CLI::Range(1, 1024));
+  app->add_option("--router", a->router, "MoE router")->check(CLI::IsMember({"top_k", "experts_choice", "soft"}));
+  app->add_option("--experts", a->experts, "experts per MoE layer")->check(CLI::Range(1, 4096));
+  app->add_option("--k", a->k, "experts per token (top-k)")->check(CLI::Range(1, 4096));
+  app->add_option("--slots", a->slots, "Soft-MoE slots per expert")->check(CLI::Range(1, 4096));
+  app->add_option("--capacity-factor", a->capacity_factor, "expert capacity factor")->check(CLI::PositiveNumber);
+  app->add_option("--noise-std", a->noise_std, "router noise std (times 1/E)")->check(CLI::NonNegativeNumber);
+  app->add_option("--group-images", a->group_images, "images routed together")->check(CLI::PositiveNumber);
+  app->add_option("--moe-layers", a->moe_layers, "blocks with MoE MLPs, e.g. 1,3,5")->delimiter(',');
+  app->add_option("--mlp-dim", a->mlp_dim, "MLP (expert) hidden size")->check(CLI::Range(1, 1 << 16));
+  app->add_option("--hidden", a->hidden, "hidden size D")->check(CLI::Range(1, 1 << 14));
+  app->add_option("--layers", a->layers, "encoder blocks")->check(CLI::Range(1, 256));
+  app->add_option("--heads", a->heads, "attention heads")->check(CLI::Range(1, 256));
+  return [a] {
+    if (a->threads > 0) omp_set_num_threads(a->threads);
+    a->settings.augment = !a->no_augment;
+    const bool tty = ::isatty(2);
+    train::TrainCallbacks callbacks;
+    callbacks.stop = &g_stop;
+    callbacks.on_step = [tty](const train::StepProgress& p) {
+      if (!tty) return;
+      const int width = 30, filled = static_cast<int>(width * p.step / p.steps_per_epoch);
+      fmt::print(stderr, "\repoch {} [{}{}] {}/{}  loss {:.4f}  acc {:.1f}%  {:.0f} img/s ", p.epoch,
+                 std::string(filled, '#'), std::string(width - filled, '.'), p.step, p.steps_per_epoch, p.loss,
+                 100 * p.accuracy, p.images_per_s);
+    };
+    const std::string log = a->log, output = a->output;
+    callbacks.on_epoch = [tty, log, output](const train::EpochReport& r) {
+      if (tty) fmt::print(stderr, "\n");
+      std::string test = r.test_accuracy >= 0 ? fmt::format("  test {:.2f}%", 100 * r.test_accuracy) : "";
+      fmt::print(stderr, "epoch {}/{}  loss {:.4f}  aux {:.4f}/{:.4f}  train {:.2f}%{}  lr {:.2e}  {:.0f} s  {:.0f} img/s  -> {}\n",
+                 r.epoch, r.epochs, r.loss, r.aux_importance, r.aux_load, 100 * r.train_accuracy, test, r.lr, r.seconds,
+                 r.images_per_s, output);
+      if (!log.empty()) append_log(log, r);
+    };
+    std::signal(SIGINT, on_interrupt);
+    if (!a->resume.empty()) {
+      if (!a->arch.empty()) {
+        const ModelConfig wanted = build_config(*a);
+        const ModelConfig have = train::read_training_state_config(a->resume);
+        if (config_to_json(wanted) != config_to_json(have))
+          throw UsageError(fmt::format("{} holds a different architecture than --arch {} with these flags", a->resume,
+                                       a->arch));
+      }
+      train::resume_training(a->resume, a->output, callbacks);
+    } else {
+      if (a->arch.empty() && a->init_model.empty()) throw UsageError("train needs --arch NAME (or --resume STATE)");
+      const ModelConfig config = build_config(*a);
+      Model initial = init_model(config, a->settings.seed);
+      train::train_model(initial, a->settings, a->output, callbacks);
+    }
+    if (g_stop) {
+      fmt::print(stderr, "\ninterrupted: {} and {}.train hold the last completed epoch\n", a->output, a->output);
+      throw Error("training interrupted");
+    }
+  };
+}
+
+}  // namespace vmoe::cli

@@ -1,0 +1,91 @@
+#pragma once
+// Evaluating a model on a dataset (`vmoe eval`): top-1/top-5 accuracy and what the MoE
+// layers dropped, kept as raw counts so that the results of shards add up exactly to
+// the result of one run (EvalCounts::merge).
+//
+// Sharding (--shard I/N): the images (after --limit) are cut into routing groups of
+// group_images consecutive images, exactly as one unsharded run groups them; group g
+// belongs to shard g % N. A shard's groups keep their order, every batch holds whole
+// groups, and with group_images = 1 (default) image i belongs to shard i % N.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "io/dataset.hpp"
+#include "model/engine.hpp"
+
+namespace vmoe {
+
+struct EvalLayerCounts {
+  int layer = 0;  // encoder block index
+  int64_t tokens = 0;  // tokens routed
+  int64_t dropped_tokens = 0;  // tokens no expert processed
+  int64_t choices = 0;  // top-k choices made (tokens * k; 0 for other routers)
+  int64_t dropped_choices = 0;  // top-k choices that found their expert full
+  int64_t expert_tokens = 0;  // token-expert pairs processed (top-k, experts-choice)
+  int capacity = 0;  // slots per expert in a full group (0 for Soft-MoE)
+  double effective_capacity_factor = 0;  // capacity * E / (group tokens * k), 0 for Soft-MoE
+};
+
+struct EvalCounts {
+  int64_t images = 0, top1 = 0, top5 = 0;  // top1/top5: correct predictions
+  double seconds = 0;  // time spent (summed over shards when merged)
+  int shard_count = 1;
+  std::vector<int> shards{0};  // shard indices these counts cover
+  std::vector<int64_t> class_images, class_top1;  // per dataset class
+  std::vector<EvalLayerCounts> layers;  // per MoE layer
+
+  // Adds another shard's counts; throws if the layers or classes do not line up or a
+  // shard is counted twice.
+  void merge(const EvalCounts& other);
+};
+
+struct EvalResult {
+  std::string model, data;
+  std::string router;  // top_k | experts_choice | soft | dense
+  std::string routing;  // bpr | vanilla for top-k; the router name otherwise
+  double capacity_factor = 0;  // requested factor (0 when the model has no capacity)
+  bool has_capacity = false;  // top-k or experts-choice
+  int group_images = 1;
+  std::vector<std::string> class_names;  // dataset classes, in the order of the per-class counts
+  EvalCounts counts;
+
+  double top1() const;
+  double top5() const;
+  double images_per_s() const;
+  std::vector<double> dropped() const;  // per MoE layer: fraction of tokens no expert processed
+  std::vector<double> choices_dropped() const;  // per MoE layer: fraction of top-k choices dropped
+  double mean_dropped() const;  // averaged over MoE layers (0 without MoE layers)
+  double mean_choices_dropped() const;
+  double processed_tokens() const;  // 1 - mean_dropped(): fraction of tokens some expert processed
+};
+
+struct EvalOptions {
+  int batch = 256;  // images per forward pass (rounded down to whole groups)
+  int64_t limit = -1;  // evaluate only the first `limit` images (before sharding); < 0: all
+  int shard_index = 0, shard_count = 1;
+  // Called after every batch with (images done, images in this shard).
+  std::function<void(int64_t, int64_t)> progress;
+};
+
+// Dataset class -> model class index. Matches by exact name, then by slug (case and
+// punctuation folded: a folder "T-shirt_top" is class "T-shirt/top"), then folders named
+// by class index ("0", "1", ...), then ImageNet synset folders (n01440764 ...) when there
+// are exactly as many as the model's classes (the ILSVRC class order is sorted synsets).
+// Throws naming the classes that match nothing.
+std::vector<int> map_dataset_classes(const std::vector<std::string>& dataset_classes, const ModelConfig& config);
+
+// Lower case, runs of anything but letters and digits become one '-': "T-shirt/top" -> "t-shirt-top".
+std::string label_slug(const std::string& label);
+
+// The images this shard evaluates, in order (see the sharding rule above).
+std::vector<int64_t> shard_images(int64_t count, int group_images, int shard_index, int shard_count);
+
+EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& options);
+
+// Merges results of the shards of one evaluation: same model, data, routing, capacity
+// factor and group size, each shard once, all N shards present. Throws otherwise.
+EvalResult merge_results(const std::vector<EvalResult>& parts);
+
+}  // namespace vmoe

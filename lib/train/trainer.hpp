@@ -1,0 +1,71 @@
+#pragma once
+// The training loop: epochs over a dataset with light augmentation, AdamW with warm-up
+// and cosine decay, gradient clipping, router noise and auxiliary losses, evaluation on
+// a test split after every epoch, and an atomic checkpoint after every epoch that
+// `resume` continues exactly (same schedule, optimizer state and data order).
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/params.hpp"
+#include "train/optimizer.hpp"
+#include "train/vit_train.hpp"
+
+namespace vmoe::train {
+
+struct TrainSettings {
+  std::string data = "fashion-mnist:train";
+  std::string test_data;  // "" = the matching test split for fashion-mnist, none for folders
+  std::string data_dir;
+  int epochs = 10;
+  int batch = 128;
+  double lr = 2e-3;  // peak learning rate
+  double warmup_epochs = 1.0;
+  double weight_decay = 0.05;
+  double clip_norm = 1.0;
+  double label_smoothing = 0.1;
+  double importance_weight = 0.005, load_weight = 0.005;
+  bool augment = true;  // random crop with padding, horizontal flip
+  int crop_padding = 2;
+  bool flip = true;
+  uint64_t seed = 0;
+  int64_t limit = -1;  // use only the first N training images (tests, quick runs)
+  int64_t test_limit = -1;
+};
+
+struct EpochReport {
+  int epoch = 0, epochs = 0;
+  double loss = 0, aux_importance = 0, aux_load = 0;  // means over the epoch's steps
+  double train_accuracy = 0;  // on augmented images, with router noise
+  double test_accuracy = -1;  // -1 when there is no test split
+  double lr = 0;  // at the end of the epoch
+  double seconds = 0, images_per_s = 0;
+  std::vector<std::vector<double>> expert_load;  // per MoE layer, share of expert rows per expert
+};
+
+struct StepProgress {
+  int epoch = 0;
+  int64_t step = 0, steps_per_epoch = 0;
+  double loss = 0, accuracy = 0, images_per_s = 0;  // running means over the epoch so far
+};
+
+struct TrainCallbacks {
+  std::function<void(const StepProgress&)> on_step;
+  std::function<void(const EpochReport&)> on_epoch;
+  const std::atomic<bool>* stop = nullptr;  // set (e.g. by SIGINT) to stop between steps
+};
+
+// Trains `initial` (or continues the checkpoint at `resume_path`) and writes the model to
+// `output` plus its training state to `output + ".train"` after every epoch.
+// Returns the reports of the epochs run in this call.
+std::vector<EpochReport> train_model(const Model& initial, const TrainSettings& settings, const std::string& output,
+                                     const TrainCallbacks& callbacks);
+std::vector<EpochReport> resume_training(const std::string& resume_path, const std::string& output,
+                                         const TrainCallbacks& callbacks);
+
+// Reads a training state's model config (to check it against an --arch).
+ModelConfig read_training_state_config(const std::string& path);
+
+}  // namespace vmoe::train
