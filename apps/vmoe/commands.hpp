@@ -23,6 +23,7 @@ Run add_classify(CLI::App& root);
 Run add_info(CLI::App& root);
 Run add_init(CLI::App& root);
 Run add_bench(CLI::App& root);
+Run add_route(CLI::App& root);
 Run add_eval(CLI::App& root);
 Run add_train(CLI::App& root);
 

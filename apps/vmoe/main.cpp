@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
       {"info", vmoe::cli::add_info(app)},
       {"init", vmoe::cli::add_init(app)},
       {"bench", vmoe::cli::add_bench(app)},
+      {"route", vmoe::cli::add_route(app)},
       {"eval", vmoe::cli::add_eval(app)},
       {"train", vmoe::cli::add_train(app)},
   };
