@@ -1,0 +1,305 @@
+// The three routers and the MoE layer against the naive loops of tests/naive, plus the
+// invariants DESIGN §4 promises (capacity, BPR drops the lowest-priority tokens first).
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <random>
+#include <set>
+
+#include "core/error.hpp"
+#include "moe/capacity.hpp"
+#include "moe/moe_layer.hpp"
+#include "moe/routers.hpp"
+#include "naive/naive_ops.hpp"
+#include "naive/test_util.hpp"
+
+using namespace vmoe;
+
+namespace {
+
+// (S, E) router gates: softmax of N(0, 2^2) logits, or (ties) random multiples of 1/8 so
+// that equal gates within a token and between tokens are common.
+std::vector<float> make_gates(int S, int E, uint64_t seed, bool ties) {
+  std::vector<float> g(static_cast<size_t>(S) * E);
+  std::mt19937_64 rng(seed);
+  if (ties) {
+    std::uniform_int_distribution<int> level(0, 4);
+    for (float& v : g) v = level(rng) / 8.0f;
+    return g;
+  }
+  auto logits = testutil::random_normal(g.size(), seed, 2.0f);
+  naive::softmax_rows(g.data(), logits.data(), S, E);
+  return g;
+}
+
+int top_k_capacity(int S, int E, int k, double factor) {
+  return static_cast<int>(expert_capacity(int64_t{S} * k, E, factor));
+}
+
+}  // namespace
+
+TEST_CASE("expert_capacity matches the naive rule", "[moe][capacity]") {
+  const int64_t tokens = GENERATE(1, 3, 50, 100, 197, 400, 800, 1576);
+  const int E = GENERATE(1, 3, 8, 32, 128);
+  const double factor = GENERATE(0.25, 0.5, 1.0, 1.05, 1.25, 2.0);
+  const int multiple = GENERATE(0, 1, 4);
+  for (auto rounding : {CapacityRounding::ceil, CapacityRounding::round}) {
+    int64_t want = -1;
+    try {
+      want = naive::capacity(tokens, E, factor, rounding, multiple);
+    } catch (const std::exception&) {
+    }
+    INFO("tokens " << tokens << " E " << E << " factor " << factor << " multiple " << multiple);
+    if (want < 1) {
+      CHECK_THROWS_AS(expert_capacity(tokens, E, factor, rounding, multiple), Error);
+    } else {
+      CHECK(expert_capacity(tokens, E, factor, rounding, multiple) == want);
+    }
+  }
+}
+
+TEST_CASE("route_top_k matches the naive router", "[moe][top_k]") {
+  const int S = GENERATE(1, 3, 16, 50, 101);
+  const int E = GENERATE(1, 2, 8, 32);
+  const int k = GENERATE(1, 2, 3);
+  const double factor = GENERATE(0.25, 1.0, 1.05, 2.0);
+  const bool bpr = GENERATE(false, true);
+  const bool ties = GENERATE(false, true);
+  if (k > E) return;
+  const uint64_t seed = 1000 + S * 31 + E * 7 + k;
+  auto gates = make_gates(S, E, seed, ties);
+  const int c = top_k_capacity(S, E, k, factor);
+  TopKRouting r;
+  route_top_k(r, gates.data(), S, E, k, c, bpr);
+  naive::TopK want = naive::top_k(gates.data(), S, E, k, c, bpr);
+  INFO("S " << S << " E " << E << " k " << k << " capacity " << c << " bpr " << bpr << " ties " << ties);
+  CHECK(r.k == k);
+  CHECK(r.capacity == c);
+  CHECK(r.expert == want.expert);
+  CHECK(r.gate == want.gate);
+  CHECK(r.order == want.order);
+  CHECK(r.slot == want.slot);
+  CHECK(r.expert_load == want.load);
+}
+
+TEST_CASE("top-k routing invariants", "[moe][top_k]") {
+  const int S = GENERATE(7, 50, 200);
+  const int E = GENERATE(2, 8, 16);
+  const int k = GENERATE(1, 2);
+  const bool ties = GENERATE(false, true);
+  const uint64_t seed = GENERATE(1, 2, 3);
+  auto gates = make_gates(S, E, seed * 100 + S + E, ties);
+  INFO("S " << S << " E " << E << " k " << k << " ties " << ties << " seed " << seed);
+
+  SECTION("a large enough factor drops nothing") {
+    // Each expert gets at most one choice per token, so capacity >= S is enough: E / k.
+    const double factor = static_cast<double>(E) / k;
+    for (bool bpr : {false, true}) {
+      TopKRouting r;
+      route_top_k(r, gates.data(), S, E, k, top_k_capacity(S, E, k, factor), bpr);
+      CHECK(std::count(r.slot.begin(), r.slot.end(), -1) == 0);
+    }
+  }
+
+  SECTION("capacity is never exceeded and slots are 0..load-1 per expert") {
+    for (double factor : {0.25, 0.5, 1.0, 1.05}) {
+      for (bool bpr : {false, true}) {
+        const int c = top_k_capacity(S, E, k, factor);
+        TopKRouting r;
+        route_top_k(r, gates.data(), S, E, k, c, bpr);
+        std::vector<std::set<int>> slots(E);
+        for (int i = 0; i < S * k; ++i)
+          if (r.slot[i] >= 0) CHECK(slots[r.expert[i]].insert(r.slot[i]).second);
+        for (int e = 0; e < E; ++e) {
+          CHECK(r.expert_load[e] <= c);
+          CHECK(static_cast<int>(slots[e].size()) == r.expert_load[e]);
+          if (!slots[e].empty()) CHECK(*slots[e].rbegin() == r.expert_load[e] - 1);
+        }
+        // Every token's choices are distinct experts, in descending gate order.
+        for (int t = 0; t < S; ++t)
+          for (int q = 1; q < k; ++q) {
+            CHECK(r.expert[t * k + q] != r.expert[t * k + q - 1]);
+            CHECK(r.gate[t * k + q] <= r.gate[t * k + q - 1]);
+          }
+      }
+    }
+  }
+
+  SECTION("with BPR an expert drops exactly its lowest-priority first choices") {
+    for (double factor : {0.25, 0.5, 1.0}) {
+      const int c = top_k_capacity(S, E, k, factor);
+      TopKRouting r;
+      route_top_k(r, gates.data(), S, E, k, c, true);
+      // order is by top-1 gate, descending, stable.
+      for (int i = 1; i < S; ++i) {
+        const float prev = r.gate[r.order[i - 1] * k], cur = r.gate[r.order[i] * k];
+        CHECK(prev >= cur);
+        if (prev == cur) CHECK(r.order[i - 1] < r.order[i]);
+      }
+      std::vector<int> rank(S);
+      for (int i = 0; i < S; ++i) rank[r.order[i]] = i;
+      for (int e = 0; e < E; ++e) {
+        std::vector<int> firsts;  // tokens whose first choice is e, by priority
+        for (int t : r.order)
+          if (r.expert[t * k] == e) firsts.push_back(t);
+        const size_t keep = std::min<size_t>(firsts.size(), static_cast<size_t>(c));
+        for (size_t j = 0; j < firsts.size(); ++j) {
+          INFO("expert " << e << " first-choice token " << firsts[j] << " priority " << j);
+          CHECK((r.slot[firsts[j] * k] >= 0) == (j < keep));
+        }
+        // ...so no kept first choice has a lower top-1 gate than a dropped one.
+        float min_kept = 2, max_dropped = -1;
+        for (int t : firsts) (r.slot[t * k] >= 0 ? min_kept = std::min(min_kept, r.gate[t * k])
+                                                 : max_dropped = std::max(max_dropped, r.gate[t * k]));
+        CHECK(max_dropped <= min_kept);
+      }
+    }
+  }
+
+  SECTION("vanilla drops the last positions first") {
+    const int c = top_k_capacity(S, E, k, 0.25);
+    TopKRouting r;
+    route_top_k(r, gates.data(), S, E, k, c, false);
+    for (int e = 0; e < E; ++e) {
+      bool dropped_before = false;
+      for (int t = 0; t < S; ++t) {
+        if (r.expert[t * k] != e) continue;
+        if (r.slot[t * k] < 0) dropped_before = true;
+        else CHECK_FALSE(dropped_before);
+      }
+    }
+  }
+}
+
+TEST_CASE("route_experts_choice matches the naive router", "[moe][experts_choice]") {
+  const int S = GENERATE(1, 4, 50, 101);
+  const int E = GENERATE(1, 3, 8);
+  const double factor = GENERATE(0.25, 1.0, 2.0, 100.0);
+  const bool ties = GENERATE(false, true);
+  auto gates = make_gates(S, E, 2000 + S * 13 + E, ties);
+  const int c = static_cast<int>(expert_capacity(S, E, factor));
+  ExpertsChoiceRouting r;
+  route_experts_choice(r, gates.data(), S, E, c);
+  naive::ExpertsChoice want = naive::experts_choice(gates.data(), S, E, c);
+  INFO("S " << S << " E " << E << " capacity " << c << " ties " << ties);
+  CHECK(r.capacity == std::min(c, S));
+  CHECK(r.capacity == want.capacity);
+  CHECK(r.token == want.token);
+  CHECK(r.gate == want.gate);
+  for (int e = 0; e < E; ++e) {  // distinct tokens per expert
+    std::set<int> tokens(r.token.begin() + e * r.capacity, r.token.begin() + (e + 1) * r.capacity);
+    CHECK(static_cast<int>(tokens.size()) == r.capacity);
+  }
+}
+
+TEST_CASE("soft_dispatch_combine matches naive and normalises", "[moe][soft]") {
+  const int S = GENERATE(1, 2, 50, 100);
+  const int slots = GENERATE(1, 3, 48, 128);
+  const float spread = GENERATE(1.0f, 20.0f);
+  auto logits = testutil::random_normal(static_cast<size_t>(S) * slots, 3000 + S + slots, spread);
+  std::vector<float> dispatch(logits.size()), combine(logits.size()), want_d(logits.size()), want_c(logits.size());
+  soft_dispatch_combine(dispatch.data(), combine.data(), logits.data(), S, slots);
+  naive::soft_weights(want_d.data(), want_c.data(), logits.data(), S, slots);
+  INFO("S " << S << " slots " << slots << " spread " << spread);
+  // exp in float: a few ulp per term, the sum over <= 128 terms adds 128 u relative.
+  const double rel = 200.0 / (1 << 24);
+  for (size_t i = 0; i < logits.size(); ++i) {
+    CHECK(std::fabs(double{dispatch[i]} - want_d[i]) <= rel * want_d[i] + 1e-7);
+    CHECK(std::fabs(double{combine[i]} - want_c[i]) <= rel * want_c[i] + 1e-7);
+  }
+  for (int s = 0; s < slots; ++s) {
+    double sum = 0;
+    for (int m = 0; m < S; ++m) sum += dispatch[static_cast<size_t>(m) * slots + s];
+    CHECK(sum == Approx(1.0).margin(1e-5));
+  }
+  for (int m = 0; m < S; ++m) {
+    double sum = 0;
+    for (int s = 0; s < slots; ++s) sum += combine[static_cast<size_t>(m) * slots + s];
+    CHECK(sum == Approx(1.0).margin(1e-5));
+  }
+}
+
+TEST_CASE("soft_normalised_mu is scale * mu / ||mu|| per slot", "[moe][soft]") {
+  const int D = 24, slots = 10;
+  auto mu = testutil::random_normal(D * slots, 77, 0.3f);
+  std::vector<float> out(D * slots);
+  soft_normalised_mu(out.data(), mu.data(), 2.5f, D, slots);
+  for (int s = 0; s < slots; ++s) {
+    double ss = 0, out_ss = 0;
+    for (int d = 0; d < D; ++d) ss += double{mu[d * slots + s]} * mu[d * slots + s], out_ss += double{out[d * slots + s]} * out[d * slots + s];
+    CHECK(std::sqrt(out_ss) == Approx(2.5 * std::sqrt(ss / (ss + 1e-6))).epsilon(1e-5));
+    for (int d = 0; d < D; ++d) CHECK(out[d * slots + s] == Approx(2.5 * mu[d * slots + s] / std::sqrt(ss + 1e-6)).epsilon(1e-5));
+  }
+}
+
+// The whole layer: x += MoE(h). Values are O(1); the engine runs float32 GEMMs with
+// k <= 64, so 1e-4 relative is generous for matching arithmetic and far below what a
+// single mis-routed token would change (O(0.1) on that token).
+TEST_CASE("moe_forward matches the naive MoE layer for each router", "[moe][layer]") {
+  const RouterKind router = GENERATE(RouterKind::top_k, RouterKind::experts_choice, RouterKind::soft);
+  const auto [B, T] = GENERATE(std::pair{1, 17}, std::pair{3, 5});
+  const int group_images = GENERATE(1, 2);
+  const double factor = GENERATE(0.25, 1.05);
+  const bool bpr = GENERATE(false, true);
+  if (router != RouterKind::top_k && !bpr) return;  // routing order only matters for top-k
+  if (router == RouterKind::soft && factor != 1.05) return;  // no capacity in Soft-MoE
+  const int D = 16, M = 24;
+  MoeConfig moe;
+  moe.layers = {0};
+  moe.router = router;
+  moe.num_experts = router == RouterKind::soft ? 5 : 8;
+  moe.k = 2;
+  moe.capacity_factor = factor;
+  moe.batch_priority = bpr;
+  moe.group_images = group_images;
+  moe.slots_per_expert = router == RouterKind::soft ? 3 : 1;
+  const int E = moe.num_experts, P = moe.slots_per_expert;
+  const int64_t N = int64_t{B} * T;
+  const uint64_t seed = 5000 + B * 100 + T * 10 + group_images;
+  auto w0 = testutil::random_normal(E * D * M, seed + 1, 1.0f / std::sqrt(float(D)));
+  auto b0 = testutil::random_normal(E * M, seed + 2, 0.1f);
+  auto w1 = testutil::random_normal(E * M * D, seed + 3, 1.0f / std::sqrt(float(M)));
+  auto b1 = testutil::random_normal(E * D, seed + 4, 0.1f);
+  auto router_w = testutil::random_normal(D * E, seed + 5, 1.0f);
+  auto mu = testutil::random_normal(D * E * P, seed + 6, 1.0f / std::sqrt(float(D)));
+  const float scale = 3.0f;
+  std::vector<float> mu_ready(mu.size());
+  soft_normalised_mu(mu_ready.data(), mu.data(), scale, D, E * P);
+  auto h = testutil::random_normal(N * D, seed + 7);
+  auto x = testutil::random_normal(N * D, seed + 8);
+
+  std::vector<float> y(N * D);
+  naive::MoeParams p{w0.data(), b0.data(), w1.data(), b1.data(), router_w.data(), mu.data(), scale};
+  naive::LayerRouting want;
+  naive::moe_layer(y.data(), h.data(), N, group_images * T, D, M, moe, p, &want);
+
+  MoeWeights w{w0.data(), b0.data(), w1.data(), b1.data(), router_w.data(), mu_ready.data()};
+  MoeWorkspace ws;
+  nn::PrimitiveCache cache;
+  MoeLayerTrace trace;
+  std::vector<float> got = x;
+  moe_forward(got.data(), h.data(), MoeShape{N, T, D, M}, moe, w, ws, cache, &trace, nullptr);
+  INFO("router " << to_string(router) << " B " << B << " T " << T << " group " << group_images << " factor "
+                 << factor << " bpr " << bpr);
+  int bad = 0;
+  for (int64_t i = 0; i < N * D; ++i) {
+    const double want_x = double{x[i]} + y[i];
+    bad += !(std::fabs(got[i] - want_x) <= 1e-4 * (1 + std::fabs(want_x)));
+  }
+  CHECK(bad == 0);
+  CHECK(trace.times_taken == want.times_taken);
+  if (router == RouterKind::top_k) {
+    CHECK(trace.choice_expert == want.expert);
+    std::vector<uint8_t> kept(trace.choice_kept.begin(), trace.choice_kept.end());
+    CHECK(kept == want.kept);
+  }
+  if (router != RouterKind::soft) CHECK(trace.group_capacity == want.group_capacity);
+
+  SECTION("a second call with the same workspace gives the same result") {
+    std::vector<float> again = x;
+    moe_forward(again.data(), h.data(), MoeShape{N, T, D, M}, moe, w, ws, cache, nullptr, nullptr);
+    CHECK(testutil::max_abs_diff(again.data(), got.data(), got.size()) == 0.0);
+  }
+}
