@@ -47,7 +47,7 @@ Run add_classify(CLI::App& root) {
   CLI::App* app = root.add_subcommand("classify", "classify images: top classes, probabilities, MoE drops");
   app->add_option("images", args->images, "image files (any format OpenCV reads)")->required();
   add_model_option(*app, args->model);
-  app->add_option("--top", args->top, "how many classes to show")->check(CLI::PositiveNumber);
+  app->add_option("--top", args->top, "how many classes to show")->check(kPositive);
   add_routing_options(*app, args->routing);
   app->add_flag("--json", args->json, "print JSON (DESIGN §5) instead of text");
   return [args] {

@@ -27,6 +27,10 @@ Run add_route(CLI::App& root);
 Run add_eval(CLI::App& root);
 Run add_train(CLI::App& root);
 
+// Number checks with short messages (CLI11's own print the whole double range).
+extern const CLI::Validator kPositive;     // > 0
+extern const CLI::Validator kNonNegative;  // >= 0
+
 // -m MODEL: given, else $VMOE_MODEL, else the bundled default next to the binary.
 std::string resolve_model_path(const std::string& given);
 void add_model_option(CLI::App& app, std::string& model);

@@ -9,6 +9,29 @@ namespace vmoe::cli {
 
 namespace fs = std::filesystem;
 
+namespace {
+CLI::Validator number_check(bool allow_zero) {
+  return CLI::Validator(
+      [allow_zero](std::string& text) -> std::string {
+        double value = 0;
+        try {
+          size_t used = 0;
+          value = std::stod(text, &used);
+          if (used != text.size()) return "not a number: " + text;
+        } catch (const std::exception&) {
+          return "not a number: " + text;
+        }
+        if (!(value > 0 || (allow_zero && value == 0)))
+          return (allow_zero ? "must not be negative, got " : "must be positive, got ") + text;
+        return "";
+      },
+      allow_zero ? "NUMBER>=0" : "NUMBER>0");
+}
+}  // namespace
+
+const CLI::Validator kPositive = number_check(false);
+const CLI::Validator kNonNegative = number_check(true);
+
 std::string resolve_model_path(const std::string& given) {
   if (!given.empty()) return given;
   if (const char* env = std::getenv("VMOE_MODEL"); env && *env) return env;
@@ -43,11 +66,11 @@ RoutingOverrides RoutingFlags::overrides() const {
 void add_routing_options(CLI::App& app, RoutingFlags& flags, bool with_capacity_factor) {
   if (with_capacity_factor)
     app.add_option("--capacity-factor", flags.capacity_factor, "expert capacity factor (overrides the model's)")
-        ->check(CLI::PositiveNumber);
+        ->check(kPositive);
   app.add_option("--routing", flags.routing, "bpr (batch priority) or vanilla (token order)")
       ->check(CLI::IsMember({"bpr", "vanilla"}));
   app.add_option("--group-images", flags.group_images, "images routed together in one group (default: model's, 1)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
 }
 
 }  // namespace vmoe::cli

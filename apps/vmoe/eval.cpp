@@ -69,7 +69,7 @@ Run add_eval(CLI::App& root) {
   add_routing_options(*app, args->routing);
   app->add_option("--batch", args->batch, "images per forward pass (default 256; rounded down to whole groups)")
       ->check(CLI::Range(1, 65536));
-  app->add_option("--limit", args->limit, "evaluate only the first N images")->check(CLI::NonNegativeNumber);
+  app->add_option("--limit", args->limit, "evaluate only the first N images")->check(kNonNegative);
   app->add_option("--shard", args->shard,
                   "evaluate shard I of N (0-based): routing group g goes to shard g % N; merge the JSON with --merge");
   app->add_option("--threads", args->threads, "OpenMP threads (default: all cores)")->check(CLI::Range(1, 1024));

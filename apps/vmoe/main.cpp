@@ -23,6 +23,9 @@ int main(int argc, char** argv) {
   prefer_passive_openmp_waits(argv);
   CLI::App app{"vmoe: Vision Mixture-of-Experts on CPU (V-MoE, experts-choice, Soft-MoE)"};
   app.require_subcommand(1);
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {  // one line: what was wrong
+    return fmt::format("vmoe: error: {} (see --help)\n", e.what());
+  });
   app.set_version_flag("--version", "vmoe 0.1");
   const std::pair<std::string, vmoe::cli::Run> commands[] = {
       {"classify", vmoe::cli::add_classify(app)},
