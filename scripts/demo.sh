@@ -13,7 +13,7 @@ if [ ! -f "$model" ]; then
   build/vmoe init --arch vmoe-fmnist --seed 0 -o "$model"
   echo "demo: NOTE: no trained model bundled yet; using an UNTRAINED random model ($model): its predictions are noise." >&2
 fi
-sample=data/samples/fmnist_0000_ankle-boot.png
+sample=data/samples/fmnist_0_ankle-boot.png
 [ -f "$sample" ] || sample=$(ls data/samples/fmnist_*.png | head -1)
 set -x
 build/vmoe info -m "$model"
