@@ -92,9 +92,10 @@ void dispatch_run_combine(float* x, const float* h, int64_t N, int D, int M, int
     run_experts(ws, w, E, D, M, cache);
   }
   ScopedStage stage(times, &StageTimes::dispatch_combine);
-  std::vector<MoeWorkspace::Entry> by_token(ws.entries.size());
-  std::vector<int64_t> cursor(ws.token_begin.begin(), ws.token_begin.end() - 1);
-  for (const auto& en : ws.entries) by_token[cursor[en.token]++] = en;
+  ws.by_token.resize(ws.entries.size());
+  ws.cursor.assign(ws.token_begin.begin(), ws.token_begin.end() - 1);
+  for (const auto& en : ws.entries) ws.by_token[ws.cursor[en.token]++] = en;
+  const auto& by_token = ws.by_token;
   const float* out = ws.expert_out.data();
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {

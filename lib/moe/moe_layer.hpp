@@ -35,7 +35,8 @@ struct MoeWorkspace {
     int expert;
   };
   std::vector<Entry> entries;
-  std::vector<int64_t> token_begin;
+  std::vector<Entry> by_token;  // entries bucketed by token (CSR with token_begin)
+  std::vector<int64_t> token_begin, cursor;
 };
 
 struct MoeShape {
