@@ -22,6 +22,17 @@ using nn::GemmSpec;
 
 constexpr float kSoftEps = 1e-6f;
 
+// (first group, count) runs of consecutive groups of the same size: all full groups,
+// then the smaller last group if there is one.
+std::vector<std::pair<int64_t, int64_t>> equal_size_runs(const std::vector<Group>& groups) {
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  for (int64_t g = 0; g < static_cast<int64_t>(groups.size()); ++g) {
+    if (!runs.empty() && groups[runs.back().first].size == groups[g].size) ++runs.back().second;
+    else runs.emplace_back(g, 1);
+  }
+  return runs;
+}
+
 // gates (N, E) = softmax(h @ router)
 void router_gates(float* gates, const float* h, const float* router, int64_t N, int D, int E, nn::PrimitiveCache& cache) {
   GemmSpec s;
@@ -159,10 +170,13 @@ void soft_forward(float* x, const float* h, const MoeShape& sh, const MoeConfig&
   ws.expert_out.reserve(G * slots * D);
   {
     ScopedStage stage(times, &StageTimes::dispatch_combine);
-    for (int64_t g = 0; g < G; ++g) {
+    // Groups of equal size in one batched matmul, a smaller last group on its own.
+    for (const auto& [g0, count] : equal_size_runs(groups)) {
+      const int64_t S = groups[g0].size;
       GemmSpec s;
-      s.m = slots, s.k = groups[g].size, s.n = D, s.trans_a = true, s.lda = slots;
-      cache.gemm(s).run(slot_in + g * slots * D, dispatch + groups[g].first * slots, h + groups[g].first * D);
+      s.m = slots, s.k = S, s.n = D, s.trans_a = true, s.lda = slots;
+      s.batch = count, s.batch_stride_a = S * slots, s.batch_stride_b = S * D, s.batch_stride_c = slots * D;
+      cache.gemm(s).run(slot_in + g0 * slots * D, dispatch + groups[g0].first * slots, h + groups[g0].first * D);
     }
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t g = 0; g < G; ++g)
@@ -184,10 +198,12 @@ void soft_forward(float* x, const float* h, const MoeShape& sh, const MoeConfig&
     for (int64_t g = 0; g < G; ++g)
       for (int e = 0; e < E; ++e)
         std::memcpy(slot_out + (g * E + e) * P * D, expert_out + (int64_t{e} * G + g) * P * D, sizeof(float) * P * D);
-    for (int64_t g = 0; g < G; ++g) {
-      GemmSpec s;  // x += combine (S, slots) @ slot_out (slots, D)
-      s.m = groups[g].size, s.k = slots, s.n = D, s.beta = 1.0f;
-      cache.gemm(s).run(x + groups[g].first * D, combine + groups[g].first * slots, slot_out + g * slots * D);
+    for (const auto& [g0, count] : equal_size_runs(groups)) {
+      const int64_t S = groups[g0].size;
+      GemmSpec s;  // x += combine (S, slots) @ slot_out (slots, D), per group
+      s.m = S, s.k = slots, s.n = D, s.beta = 1.0f;
+      s.batch = count, s.batch_stride_a = S * slots, s.batch_stride_b = slots * D, s.batch_stride_c = S * D;
+      cache.gemm(s).run(x + groups[g0].first * D, combine + groups[g0].first * slots, slot_out + g0 * slots * D);
     }
   }
   if (!trace) return;
