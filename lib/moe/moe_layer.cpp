@@ -15,15 +15,6 @@ std::vector<Group> make_groups(int64_t N, int64_t group_tokens) {
   return groups;
 }
 
-namespace {
-
-using nn::Activation;
-using nn::GemmSpec;
-
-constexpr float kSoftEps = 1e-6f;
-
-// (first group, count) runs of consecutive groups of the same size: all full groups,
-// then the smaller last group if there is one.
 std::vector<std::pair<int64_t, int64_t>> equal_size_runs(const std::vector<Group>& groups) {
   std::vector<std::pair<int64_t, int64_t>> runs;
   for (int64_t g = 0; g < static_cast<int64_t>(groups.size()); ++g) {
@@ -32,6 +23,13 @@ std::vector<std::pair<int64_t, int64_t>> equal_size_runs(const std::vector<Group
   }
   return runs;
 }
+
+namespace {
+
+using nn::Activation;
+using nn::GemmSpec;
+
+constexpr float kSoftEps = 1e-6f;
 
 // gates (N, E) = softmax(h @ router)
 void router_gates(float* gates, const float* h, const float* router, int64_t N, int D, int E, nn::PrimitiveCache& cache) {

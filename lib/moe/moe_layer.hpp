@@ -50,6 +50,9 @@ struct Group {
 };
 // Consecutive groups of group_tokens tokens; the last one may be smaller.
 std::vector<Group> make_groups(int64_t N, int64_t group_tokens);
+// (first group, count) runs of consecutive groups of the same size, so per-group matmuls
+// can run batched: all full groups, then the smaller last group if there is one.
+std::vector<std::pair<int64_t, int64_t>> equal_size_runs(const std::vector<Group>& groups);
 
 // Routes every group (top-k or experts-choice) on gates (N, E) and lays out the expert
 // rows expert-major: fills ws.entries, ws.rows_of_expert, ws.first_row (and the

@@ -313,11 +313,13 @@ void MoeTrainLayer::soft_forward(float* x, const float* h, const BlockParams& p,
     soft_dispatch_combine(dispatch_.data() + groups_[g].first * slots, combine_.data() + groups_[g].first * slots,
                           logits_.data() + groups_[g].first * slots, static_cast<int>(groups_[g].size),
                           static_cast<int>(slots));
-  for (int64_t g = 0; g < G; ++g) {
-    GemmSpec s;
-    s.m = slots, s.k = groups_[g].size, s.n = D, s.trans_a = true, s.lda = slots;
-    cache.gemm(s).run(slot_in_.data() + g * slots * D, dispatch_.data() + groups_[g].first * slots,
-                      h + groups_[g].first * D);
+  const auto runs = equal_size_runs(groups_);  // equal-size groups run as one batched matmul
+  for (const auto& [g0, count] : runs) {
+    const int64_t S = groups_[g0].size, first = groups_[g0].first;
+    GemmSpec s;  // slot_in (slots, D) = dispatch^T @ h, per group
+    s.m = slots, s.k = S, s.n = D, s.trans_a = true, s.lda = slots;
+    s.batch = count, s.batch_stride_a = S * slots, s.batch_stride_b = S * D, s.batch_stride_c = slots * D;
+    cache.gemm(s).run(slot_in_.data() + g0 * slots * D, dispatch_.data() + first * slots, h + first * D);
   }
   plan_.rows_of_expert.assign(E, G * P);
   plan_.first_row.resize(E);
@@ -331,10 +333,12 @@ void MoeTrainLayer::soft_forward(float* x, const float* h, const BlockParams& p,
   for (int64_t g = 0; g < G; ++g)
     for (int64_t e = 0; e < E; ++e)
       std::memcpy(slot_out_.data() + (g * E + e) * P * D, expert_out_.data() + (e * G + g) * P * D, sizeof(float) * P * D);
-  for (int64_t g = 0; g < G; ++g) {
-    GemmSpec s;
-    s.m = groups_[g].size, s.k = slots, s.n = D, s.beta = 1.0f;
-    cache.gemm(s).run(x + groups_[g].first * D, combine_.data() + groups_[g].first * slots, slot_out_.data() + g * slots * D);
+  for (const auto& [g0, count] : runs) {
+    const int64_t S = groups_[g0].size, first = groups_[g0].first;
+    GemmSpec s;  // x += combine (S, slots) @ slot_out, per group
+    s.m = S, s.k = slots, s.n = D, s.beta = 1.0f;
+    s.batch = count, s.batch_stride_a = S * slots, s.batch_stride_b = slots * D, s.batch_stride_c = S * D;
+    cache.gemm(s).run(x + first * D, combine_.data() + first * slots, slot_out_.data() + g0 * slots * D);
   }
 }
 
@@ -342,14 +346,17 @@ void MoeTrainLayer::soft_backward(float* dh, const float* dy, const float* h, co
                                   nn::PrimitiveCache& cache) {
   const int64_t N = shape_.tokens, D = shape_.hidden, E = moe_.num_experts, P = moe_.slots_per_expert;
   const int64_t slots = E * P, G = static_cast<int64_t>(groups_.size());
-  for (int64_t gi = 0; gi < G; ++gi) {
-    const int64_t first = groups_[gi].first, S = groups_[gi].size;
+  const auto runs = equal_size_runs(groups_);  // equal-size groups run as one batched matmul
+  for (const auto& [g0, count] : runs) {
+    const int64_t first = groups_[g0].first, S = groups_[g0].size;
     GemmSpec dc;  // dcombine (S, slots) = dy (S, D) @ slot_out^T
     dc.m = S, dc.k = D, dc.n = slots, dc.trans_b = true, dc.ldb = D;
-    cache.gemm(dc).run(dcombine_.data() + first * slots, dy + first * D, slot_out_.data() + gi * slots * D);
+    dc.batch = count, dc.batch_stride_a = S * D, dc.batch_stride_b = slots * D, dc.batch_stride_c = S * slots;
+    cache.gemm(dc).run(dcombine_.data() + first * slots, dy + first * D, slot_out_.data() + g0 * slots * D);
     GemmSpec ds;  // dslot_out (slots, D) = combine^T @ dy
     ds.m = slots, ds.k = S, ds.n = D, ds.trans_a = true, ds.lda = slots;
-    cache.gemm(ds).run(d_slot_.data() + gi * slots * D, combine_.data() + first * slots, dy + first * D);
+    ds.batch = count, ds.batch_stride_a = S * slots, ds.batch_stride_b = S * D, ds.batch_stride_c = slots * D;
+    cache.gemm(ds).run(d_slot_.data() + g0 * slots * D, combine_.data() + first * slots, dy + first * D);
   }
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t gi = 0; gi < G; ++gi)
@@ -362,14 +369,16 @@ void MoeTrainLayer::soft_backward(float* dh, const float* dy, const float* h, co
     for (int64_t e = 0; e < E; ++e)
       std::memcpy(d_slot_.data() + (gi * E + e) * P * D, d_expert_in_.data() + (e * G + gi) * P * D,
                   sizeof(float) * P * D);
-  for (int64_t gi = 0; gi < G; ++gi) {
-    const int64_t first = groups_[gi].first, S = groups_[gi].size;
+  for (const auto& [g0, count] : runs) {
+    const int64_t first = groups_[g0].first, S = groups_[g0].size;
     GemmSpec dd;  // ddispatch (S, slots) = h (S, D) @ dslot_in^T
     dd.m = S, dd.k = D, dd.n = slots, dd.trans_b = true, dd.ldb = D;
-    cache.gemm(dd).run(ddispatch_.data() + first * slots, h + first * D, d_slot_.data() + gi * slots * D);
+    dd.batch = count, dd.batch_stride_a = S * D, dd.batch_stride_b = slots * D, dd.batch_stride_c = S * slots;
+    cache.gemm(dd).run(ddispatch_.data() + first * slots, h + first * D, d_slot_.data() + g0 * slots * D);
     GemmSpec dx;  // dh (S, D) = dispatch (S, slots) @ dslot_in
     dx.m = S, dx.k = slots, dx.n = D;
-    cache.gemm(dx).run(dh + first * D, dispatch_.data() + first * slots, d_slot_.data() + gi * slots * D);
+    dx.batch = count, dx.batch_stride_a = S * slots, dx.batch_stride_b = slots * D, dx.batch_stride_c = S * D;
+    cache.gemm(dx).run(dh + first * D, dispatch_.data() + first * slots, d_slot_.data() + g0 * slots * D);
   }
   // Softmax backwards: combine over slots (rows), dispatch over the group's tokens (columns).
 #pragma omp parallel for schedule(dynamic)
