@@ -21,13 +21,7 @@ Engine::Engine(const Model& model) : model_(model) {
     PackedBlock& p = packed_[i];
     p.qkv_kernel = Tensor({D, 3 * D});
     p.qkv_bias = Tensor({3 * D});
-    const Tensor* kernels[3] = {&b.query_kernel, &b.key_kernel, &b.value_kernel};
-    const Tensor* biases[3] = {&b.query_bias, &b.key_bias, &b.value_bias};
-    for (int j = 0; j < 3; ++j) {
-      for (int64_t r = 0; r < D; ++r)
-        std::memcpy(p.qkv_kernel.data() + r * 3 * D + j * D, kernels[j]->data() + r * D, sizeof(float) * D);
-      std::memcpy(p.qkv_bias.data() + j * D, biases[j]->data(), sizeof(float) * D);
-    }
+    pack_qkv(p.qkv_kernel.data(), p.qkv_bias.data(), b, D);
     if (c.is_moe_layer(i) && c.moe->router == RouterKind::soft) {
       const int64_t slots = int64_t{c.moe->num_experts} * c.moe->slots_per_expert;
       p.soft_mu = Tensor({D, slots});

@@ -1,5 +1,6 @@
 #include "model/params.hpp"
 
+#include <cstring>
 #include <set>
 
 #include "core/error.hpp"
@@ -113,6 +114,15 @@ int64_t count_params(const Model& model) {
   int64_t n = 0;
   for (ParamSlot& slot : param_slots(const_cast<VitParams&>(model.params), model.config)) n += shape_numel(slot.shape);
   return n;
+}
+
+void pack_qkv(float* kernel, float* bias, const BlockParams& block, int64_t D) {
+  const Tensor* kernels[3] = {&block.query_kernel, &block.key_kernel, &block.value_kernel};
+  const Tensor* biases[3] = {&block.query_bias, &block.key_bias, &block.value_bias};
+  for (int j = 0; j < 3; ++j) {
+    for (int64_t r = 0; r < D; ++r) std::memcpy(kernel + r * 3 * D + j * D, kernels[j]->data() + r * D, sizeof(float) * D);
+    std::memcpy(bias + j * D, biases[j]->data(), sizeof(float) * D);
+  }
 }
 
 }  // namespace vmoe

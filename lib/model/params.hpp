@@ -61,4 +61,8 @@ VitParams allocate_params(const ModelConfig& config);
 
 int64_t count_params(const Model& model);
 
+// The block's query, key and value kernels (D, H, Dh) side by side as one (D, 3D)
+// matrix [q | k | v] and their biases as (3D), so one matmul computes all three.
+void pack_qkv(float* kernel, float* bias, const BlockParams& block, int64_t D);
+
 }  // namespace vmoe

@@ -18,16 +18,8 @@ void zero(VitParams& grads, const ModelConfig& c) {
   for (ParamSlot& s : param_slots(grads, c)) s.tensor->fill(0.0f);
 }
 
-// [query | key | value] kernels (D, H, Dh) side by side as one (D, 3D) matrix.
-void pack_qkv(float* kernel, float* bias, const BlockParams& p, int64_t D) {
-  const Tensor* kernels[3] = {&p.query_kernel, &p.key_kernel, &p.value_kernel};
-  const Tensor* biases[3] = {&p.query_bias, &p.key_bias, &p.value_bias};
-  for (int j = 0; j < 3; ++j) {
-    for (int64_t r = 0; r < D; ++r) std::memcpy(kernel + r * 3 * D + j * D, kernels[j]->data() + r * D, sizeof(float) * D);
-    std::memcpy(bias + j * D, biases[j]->data(), sizeof(float) * D);
-  }
-}
-
+// The gradient of the packed (D, 3D) kernel and (3D) bias (see pack_qkv) back into
+// the query, key and value gradients.
 void unpack_qkv_grads(BlockParams& g, const float* kernel, const float* bias, int64_t D) {
   Tensor* kernels[3] = {&g.query_kernel, &g.key_kernel, &g.value_kernel};
   Tensor* biases[3] = {&g.query_bias, &g.key_bias, &g.value_bias};
