@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.hpp"
+#include "moe/soft_moe.hpp"
 #include "nn/attention.hpp"
 
 namespace vmoe {

@@ -2,23 +2,33 @@
 
 #include <cstring>
 #include <set>
+#include <type_traits>
 
 #include "core/error.hpp"
 #include "io/config_json.hpp"
 
 namespace vmoe {
 
-std::vector<ParamSlot> param_slots(VitParams& p, const ModelConfig& c) {
+namespace {
+
+// One walk for both constness: Params is VitParams or const VitParams.
+template <class Params, class Slot = BasicParamSlot<std::conditional_t<std::is_const_v<Params>, const Tensor, Tensor>>>
+std::vector<Slot> collect_slots(Params& p, const ModelConfig& c) {
   const int64_t D = c.hidden_size, H = c.num_heads, Dh = c.head_dim(), M = c.mlp_dim;
   const int64_t C = c.image.channels, T = c.num_tokens();
-  std::vector<ParamSlot> s;
+  std::vector<Slot> s;
   s.push_back({"embedding/kernel", {c.patch_h, c.patch_w, C, D}, &p.embedding_kernel});
   s.push_back({"embedding/bias", {D}, &p.embedding_bias});
   if (c.classifier == Classifier::token) s.push_back({"cls", {1, 1, D}, &p.cls});
   s.push_back({"Encoder/posembed_input/pos_embedding", {1, T, D}, &p.pos_embedding});
-  if (static_cast<int>(p.blocks.size()) != c.num_layers) p.blocks.resize(c.num_layers);
+  if (static_cast<int>(p.blocks.size()) != c.num_layers) {
+    if constexpr (std::is_const_v<Params>)
+      fail("parameters hold {} blocks, the config has {}", p.blocks.size(), c.num_layers);
+    else
+      p.blocks.resize(c.num_layers);
+  }
   for (int i = 0; i < c.num_layers; ++i) {
-    BlockParams& b = p.blocks[i];
+    auto& b = p.blocks[i];
     const std::string pre = "Encoder/encoderblock_" + std::to_string(i) + "/";
     s.push_back({pre + "LayerNorm_0/scale", {D}, &b.ln0_scale});
     s.push_back({pre + "LayerNorm_0/bias", {D}, &b.ln0_bias});
@@ -65,6 +75,16 @@ std::vector<ParamSlot> param_slots(VitParams& p, const ModelConfig& c) {
   return s;
 }
 
+}  // namespace
+
+std::vector<ParamSlot> param_slots(VitParams& params, const ModelConfig& config) {
+  return collect_slots(params, config);
+}
+
+std::vector<ConstParamSlot> param_slots(const VitParams& params, const ModelConfig& config) {
+  return collect_slots(params, config);
+}
+
 VitParams allocate_params(const ModelConfig& config) {
   VitParams p;
   for (ParamSlot& slot : param_slots(p, config)) *slot.tensor = Tensor(slot.shape);
@@ -99,9 +119,8 @@ Model load_model(const std::string& path) {
 }
 
 void save_model(const Model& model, const std::string& path) {
-  VitParams& params = const_cast<VitParams&>(model.params);  // param_slots only reads here
   NamedTensors named;
-  for (ParamSlot& slot : param_slots(params, model.config)) {
+  for (const ConstParamSlot& slot : param_slots(model.params, model.config)) {
     if (slot.tensor->shape() != slot.shape)
       fail("cannot save: tensor \"{}\" has shape {}, config implies {}", slot.name, shape_str(slot.tensor->shape()),
            shape_str(slot.shape));
@@ -112,7 +131,7 @@ void save_model(const Model& model, const std::string& path) {
 
 int64_t count_params(const Model& model) {
   int64_t n = 0;
-  for (ParamSlot& slot : param_slots(const_cast<VitParams&>(model.params), model.config)) n += shape_numel(slot.shape);
+  for (const ConstParamSlot& slot : param_slots(model.params, model.config)) n += shape_numel(slot.shape);
   return n;
 }
 

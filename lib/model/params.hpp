@@ -36,15 +36,20 @@ struct VitParams {
   Tensor head_kernel, head_bias;  // (D|R, classes), (classes)
 };
 
-struct ParamSlot {
+template <class TensorT>
+struct BasicParamSlot {
   std::string name;  // the Flax path, e.g. "Encoder/encoderblock_3/Moe/Mlp/Dense_0/kernel"
   Shape shape;  // what the config says it must be
-  Tensor* tensor;
+  TensorT* tensor;
 };
+using ParamSlot = BasicParamSlot<Tensor>;
+using ConstParamSlot = BasicParamSlot<const Tensor>;
 
 // Every parameter the config implies, with its file name and expected shape, in one
 // fixed order. Loading, saving, initialisation and the optimizer all walk this list.
+// The mutable form sizes `params.blocks` to the config; the const form requires it.
 std::vector<ParamSlot> param_slots(VitParams& params, const ModelConfig& config);
+std::vector<ConstParamSlot> param_slots(const VitParams& params, const ModelConfig& config);
 
 struct Model {
   ModelConfig config;

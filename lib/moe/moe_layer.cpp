@@ -6,6 +6,7 @@
 
 #include "core/error.hpp"
 #include "moe/capacity.hpp"
+#include "moe/soft_moe.hpp"
 
 namespace vmoe {
 
@@ -28,8 +29,6 @@ namespace {
 
 using nn::Activation;
 using nn::GemmSpec;
-
-constexpr float kSoftEps = 1e-6f;
 
 // gates (N, E) = softmax(h @ router)
 void router_gates(float* gates, const float* h, const float* router, int64_t N, int D, int E, nn::PrimitiveCache& cache) {
@@ -144,16 +143,9 @@ void soft_forward(float* x, const float* h, const MoeShape& sh, const MoeConfig&
   float* combine = ws.combine.reserve(N * slots);
   {
     ScopedStage stage(times, &StageTimes::router);
-    // xn = h / sqrt(sum h^2 + eps) per token; logits = xn @ (scale * mu normalised)
     float* xn = ws.xn.reserve(N * D);
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      double ss = 0;
-      for (int d = 0; d < D; ++d) ss += double{h[n * D + d]} * h[n * D + d];
-      const float inv = 1.0f / std::sqrt(static_cast<float>(ss) + kSoftEps);
-      for (int d = 0; d < D; ++d) xn[n * D + d] = h[n * D + d] * inv;
-    }
-    GemmSpec s;
+    soft_normalise_tokens(xn, nullptr, h, N, D);
+    GemmSpec s;  // logits = xn @ mu (already normalised and scaled)
     s.m = N, s.k = D, s.n = slots;
     cache.gemm(s).run(logits, xn, w.mu);
 #pragma omp parallel for schedule(dynamic)
@@ -161,25 +153,13 @@ void soft_forward(float* x, const float* h, const MoeShape& sh, const MoeConfig&
       soft_dispatch_combine(dispatch + groups[g].first * slots, combine + groups[g].first * slots,
                             logits + groups[g].first * slots, static_cast<int>(groups[g].size), static_cast<int>(slots));
   }
-  // Slot inputs per group (slots, D) = dispatch^T @ h, then expert-major for the MLPs:
-  // expert e's rows are its P slots of group 0, then of group 1, ...
   float* slot_in = ws.slot_in.reserve(G * slots * D);
   float* expert_in = ws.expert_in.reserve(G * slots * D);
   ws.expert_out.reserve(G * slots * D);
   {
     ScopedStage stage(times, &StageTimes::dispatch_combine);
-    // Groups of equal size in one batched matmul, a smaller last group on its own.
-    for (const auto& [g0, count] : equal_size_runs(groups)) {
-      const int64_t S = groups[g0].size;
-      GemmSpec s;
-      s.m = slots, s.k = S, s.n = D, s.trans_a = true, s.lda = slots;
-      s.batch = count, s.batch_stride_a = S * slots, s.batch_stride_b = S * D, s.batch_stride_c = slots * D;
-      cache.gemm(s).run(slot_in + g0 * slots * D, dispatch + groups[g0].first * slots, h + groups[g0].first * D);
-    }
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t g = 0; g < G; ++g)
-      for (int e = 0; e < E; ++e)
-        std::memcpy(expert_in + (int64_t{e} * G + g) * P * D, slot_in + (g * E + e) * P * D, sizeof(float) * P * D);
+    soft_slot_inputs(slot_in, dispatch, h, groups, slots, D, cache);
+    slots_to_expert_major(expert_in, slot_in, G, E, P, D);
   }
   ws.rows_of_expert.assign(E, G * P);
   ws.first_row.resize(E);
@@ -191,18 +171,8 @@ void soft_forward(float* x, const float* h, const MoeShape& sh, const MoeConfig&
   {
     ScopedStage stage(times, &StageTimes::dispatch_combine);
     float* slot_out = ws.slot_out.reserve(G * slots * D);
-    const float* expert_out = ws.expert_out.data();
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t g = 0; g < G; ++g)
-      for (int e = 0; e < E; ++e)
-        std::memcpy(slot_out + (g * E + e) * P * D, expert_out + (int64_t{e} * G + g) * P * D, sizeof(float) * P * D);
-    for (const auto& [g0, count] : equal_size_runs(groups)) {
-      const int64_t S = groups[g0].size;
-      GemmSpec s;  // x += combine (S, slots) @ slot_out (slots, D), per group
-      s.m = S, s.k = slots, s.n = D, s.beta = 1.0f;
-      s.batch = count, s.batch_stride_a = S * slots, s.batch_stride_b = slots * D, s.batch_stride_c = S * D;
-      cache.gemm(s).run(x + groups[g0].first * D, combine + groups[g0].first * slots, slot_out + g0 * slots * D);
-    }
+    slots_to_group_major(slot_out, ws.expert_out.data(), G, E, P, D);
+    soft_combine_slots(x, combine, slot_out, groups, slots, D, cache);
   }
   if (!trace) return;
   trace->times_taken.assign(N, static_cast<int>(slots));
@@ -213,15 +183,6 @@ void soft_forward(float* x, const float* h, const MoeShape& sh, const MoeConfig&
 }
 
 }  // namespace
-
-void soft_normalised_mu(float* out, const float* mu, float scale, int64_t D, int64_t slots) {
-  for (int64_t s = 0; s < slots; ++s) {
-    double ss = 0;
-    for (int64_t d = 0; d < D; ++d) ss += double{mu[d * slots + s]} * mu[d * slots + s];
-    const float inv = scale / std::sqrt(static_cast<float>(ss) + kSoftEps);
-    for (int64_t d = 0; d < D; ++d) out[d * slots + s] = mu[d * slots + s] * inv;
-  }
-}
 
 void moe_forward(float* x, const float* h, const MoeShape& shape, const MoeConfig& moe, const MoeWeights& w,
                  MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times) {

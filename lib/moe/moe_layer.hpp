@@ -66,7 +66,4 @@ void fill_trace(MoeLayerTrace& trace, const MoeWorkspace& ws, const float* gates
 void moe_forward(float* x, const float* h, const MoeShape& shape, const MoeConfig& moe, const MoeWeights& w,
                  MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times);
 
-// The scaled, normalised Soft-MoE slot parameters: out (D, E*P) = scale * mu / ||mu||.
-void soft_normalised_mu(float* out, const float* mu, float scale, int64_t D, int64_t slots);
-
 }  // namespace vmoe

@@ -65,25 +65,21 @@ void LayerNormTrain::backward(float* dx, float* dscale, float* dbias, const floa
   ctx.stream.wait();
 }
 
-SoftmaxBackward::SoftmaxBackward(int64_t rows, int64_t cols) {
-  md_ = dnnl::memory::desc(dims{rows, cols}, dt::f32, tag::ab);
-  try {
-    auto& eng = context().engine;
-    dnnl::softmax_forward::primitive_desc hint(
-        dnnl::softmax_forward::desc(dnnl::prop_kind::forward_training, md_, 1), eng);
-    pd_ = dnnl::softmax_backward::primitive_desc(dnnl::softmax_backward::desc(md_, md_, 1), eng, hint);
-    primitive_ = dnnl::softmax_backward(pd_);
-  } catch (const dnnl::error& e) {
-    fail("oneDNN softmax backward {}x{} could not be created: {}", rows, cols, e.what());
-  }
-  record_primitive(fmt::format("softmax backward {}x{}", rows, cols), pd_.impl_info_str());
+SoftmaxBackward::SoftmaxBackward(int64_t rows, int64_t cols) : rows_(rows), cols_(cols) {
+  if (rows <= 0 || cols <= 0) fail("softmax backward {}x{}: sizes must be positive", rows, cols);
 }
 
 void SoftmaxBackward::run(float* dx, const float* dy, const float* y) const {
-  auto& ctx = context();
-  primitive_.execute(ctx.stream,
-                     {{DNNL_ARG_DST, mem(md_, y)}, {DNNL_ARG_DIFF_DST, mem(md_, dy)}, {DNNL_ARG_DIFF_SRC, mem(md_, dx)}});
-  ctx.stream.wait();
+  const int64_t C = cols_;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows_; ++r) {
+    const float* yr = y + r * C;
+    const float* dyr = dy + r * C;
+    float* dxr = dx + r * C;
+    float dot = 0.0f;
+    for (int64_t c = 0; c < C; ++c) dot += dyr[c] * yr[c];
+    for (int64_t c = 0; c < C; ++c) dxr[c] = yr[c] * (dyr[c] - dot);
+  }
 }
 
 Eltwise::Eltwise(EltwiseKind kind, int64_t count) : kind_(kind) {

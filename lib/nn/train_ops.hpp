@@ -1,7 +1,7 @@
 #pragma once
-// The oneDNN primitives the training pass needs besides matmul: layer norm that keeps
-// its statistics and its backward, softmax backward, and GELU / tanh forward and
-// backward. Each is created once for its shape and reused.
+// What the training pass needs besides matmul: layer norm that keeps its statistics and
+// its backward, softmax backward, and GELU / tanh forward and backward. Each is created
+// once for its shape and reused.
 #include <cstdint>
 
 #include <oneapi/dnnl/dnnl.hpp>
@@ -27,15 +27,15 @@ class LayerNormTrain {
 };
 
 // dx = y * (dy - sum(dy * y)) per row, with y = softmax(x) over the last axis.
+// Hand-written: oneDNN 2.6 has no jit softmax backward for AVX2 and falls back to
+// ref:any there (9% of a training step on the AVX2 machines).
 class SoftmaxBackward {
  public:
   SoftmaxBackward(int64_t rows, int64_t cols);
   void run(float* dx, const float* dy, const float* y) const;
 
  private:
-  dnnl::memory::desc md_;
-  dnnl::softmax_backward::primitive_desc pd_;
-  dnnl::softmax_backward primitive_;
+  int64_t rows_, cols_;
 };
 
 enum class EltwiseKind { gelu_tanh, tanh };

@@ -8,6 +8,7 @@
 #include "core/error.hpp"
 #include "moe/capacity.hpp"
 #include "moe/routers.hpp"
+#include "moe/soft_moe.hpp"
 #include "train/grad_ops.hpp"
 
 namespace vmoe::train {
@@ -15,8 +16,6 @@ namespace vmoe::train {
 using nn::GemmSpec;
 
 namespace {
-
-constexpr float kSoftEps = 1e-6f;
 
 // Rows the experts can receive at most in one forward, over all groups.
 int64_t max_expert_rows(const MoeConfig& m, const std::vector<Group>& groups) {
@@ -292,54 +291,22 @@ void MoeTrainLayer::backward(float* dh, const float* dy, const float* h, const B
 void MoeTrainLayer::soft_forward(float* x, const float* h, const BlockParams& p, nn::PrimitiveCache& cache) {
   const int64_t N = shape_.tokens, D = shape_.hidden, E = moe_.num_experts, P = moe_.slots_per_expert;
   const int64_t slots = E * P, G = static_cast<int64_t>(groups_.size());
-#pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n) {
-    double ss = 0;
-    for (int64_t d = 0; d < D; ++d) ss += double{h[n * D + d]} * h[n * D + d];
-    inv_norm_[n] = 1.0f / std::sqrt(static_cast<float>(ss) + kSoftEps);
-    for (int64_t d = 0; d < D; ++d) xn_[n * D + d] = h[n * D + d] * inv_norm_[n];
-  }
-  const float scale = p.router_scale[0];
-  for (int64_t s = 0; s < slots; ++s) {
-    double ss = 0;
-    for (int64_t d = 0; d < D; ++d) ss += double{p.router_mu[d * slots + s]} * p.router_mu[d * slots + s];
-    mu_inv_[s] = 1.0f / std::sqrt(static_cast<float>(ss) + kSoftEps);
-  }
-  for (int64_t d = 0; d < D; ++d)
-    for (int64_t s = 0; s < slots; ++s) mun_[d * slots + s] = scale * p.router_mu[d * slots + s] * mu_inv_[s];
+  soft_normalise_tokens(xn_.data(), inv_norm_.data(), h, N, D);
+  soft_normalised_mu(mun_.data(), mu_inv_.data(), p.router_mu.data(), p.router_scale[0], D, slots);
   linear(logits_.data(), xn_.data(), mun_.data(), nullptr, N, D, slots, cache);
 #pragma omp parallel for schedule(dynamic)
   for (int64_t g = 0; g < G; ++g)
     soft_dispatch_combine(dispatch_.data() + groups_[g].first * slots, combine_.data() + groups_[g].first * slots,
                           logits_.data() + groups_[g].first * slots, static_cast<int>(groups_[g].size),
                           static_cast<int>(slots));
-  const auto runs = equal_size_runs(groups_);  // equal-size groups run as one batched matmul
-  for (const auto& [g0, count] : runs) {
-    const int64_t S = groups_[g0].size, first = groups_[g0].first;
-    GemmSpec s;  // slot_in (slots, D) = dispatch^T @ h, per group
-    s.m = slots, s.k = S, s.n = D, s.trans_a = true, s.lda = slots;
-    s.batch = count, s.batch_stride_a = S * slots, s.batch_stride_b = S * D, s.batch_stride_c = slots * D;
-    cache.gemm(s).run(slot_in_.data() + g0 * slots * D, dispatch_.data() + first * slots, h + first * D);
-  }
+  soft_slot_inputs(slot_in_.data(), dispatch_.data(), h, groups_, slots, D, cache);
   plan_.rows_of_expert.assign(E, G * P);
   plan_.first_row.resize(E);
   for (int64_t e = 0; e < E; ++e) plan_.first_row[e] = e * G * P;
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t e = 0; e < E; ++e)
-      std::memcpy(expert_in_.data() + (e * G + g) * P * D, slot_in_.data() + (g * E + e) * P * D, sizeof(float) * P * D);
+  slots_to_expert_major(expert_in_.data(), slot_in_.data(), G, E, P, D);
   experts_forward(p, cache);
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t e = 0; e < E; ++e)
-      std::memcpy(slot_out_.data() + (g * E + e) * P * D, expert_out_.data() + (e * G + g) * P * D, sizeof(float) * P * D);
-  for (const auto& [g0, count] : runs) {
-    const int64_t S = groups_[g0].size, first = groups_[g0].first;
-    GemmSpec s;  // x += combine (S, slots) @ slot_out, per group
-    s.m = S, s.k = slots, s.n = D, s.beta = 1.0f;
-    s.batch = count, s.batch_stride_a = S * slots, s.batch_stride_b = slots * D, s.batch_stride_c = S * D;
-    cache.gemm(s).run(x + first * D, combine_.data() + first * slots, slot_out_.data() + g0 * slots * D);
-  }
+  slots_to_group_major(slot_out_.data(), expert_out_.data(), G, E, P, D);
+  soft_combine_slots(x, combine_.data(), slot_out_.data(), groups_, slots, D, cache);
 }
 
 void MoeTrainLayer::soft_backward(float* dh, const float* dy, const float* h, const BlockParams& p, BlockParams& g,
@@ -358,17 +325,9 @@ void MoeTrainLayer::soft_backward(float* dh, const float* dy, const float* h, co
     ds.batch = count, ds.batch_stride_a = S * slots, ds.batch_stride_b = S * D, ds.batch_stride_c = slots * D;
     cache.gemm(ds).run(d_slot_.data() + g0 * slots * D, combine_.data() + first * slots, dy + first * D);
   }
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t gi = 0; gi < G; ++gi)
-    for (int64_t e = 0; e < E; ++e)
-      std::memcpy(d_expert_out_.data() + (e * G + gi) * P * D, d_slot_.data() + (gi * E + e) * P * D,
-                  sizeof(float) * P * D);
+  slots_to_expert_major(d_expert_out_.data(), d_slot_.data(), G, E, P, D);
   experts_backward(p, g, cache);
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t gi = 0; gi < G; ++gi)
-    for (int64_t e = 0; e < E; ++e)
-      std::memcpy(d_slot_.data() + (gi * E + e) * P * D, d_expert_in_.data() + (e * G + gi) * P * D,
-                  sizeof(float) * P * D);
+  slots_to_group_major(d_slot_.data(), d_expert_in_.data(), G, E, P, D);
   for (const auto& [g0, count] : runs) {
     const int64_t first = groups_[g0].first, S = groups_[g0].size;
     GemmSpec dd;  // ddispatch (S, slots) = h (S, D) @ dslot_in^T

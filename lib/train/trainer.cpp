@@ -214,7 +214,7 @@ std::vector<EpochReport> train_model(const Model& initial, const TrainSettings& 
   model.config = initial.config;
   model.params = allocate_params(initial.config);
   auto dst = param_slots(model.params, model.config);
-  auto src = param_slots(const_cast<VitParams&>(initial.params), initial.config);
+  auto src = param_slots(initial.params, initial.config);
   for (size_t i = 0; i < dst.size(); ++i) *dst[i].tensor = src[i].tensor->clone();
   AdamWConfig adam;
   adam.weight_decay = static_cast<float>(settings.weight_decay);

@@ -88,6 +88,14 @@ void softmax_rows(float* y, const float* x, int64_t rows, int64_t cols) {
   }
 }
 
+void softmax_backward_rows(double* dx, const float* dy, const float* y, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    double dot = 0;
+    for (int64_t j = 0; j < cols; ++j) dot += double{dy[r * cols + j]} * y[r * cols + j];
+    for (int64_t j = 0; j < cols; ++j) dx[r * cols + j] = y[r * cols + j] * (dy[r * cols + j] - dot);
+  }
+}
+
 void attention(float* out, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Dh) {
   const int64_t D = H * Dh, row = 3 * D;
   std::vector<double> p(T);

@@ -37,6 +37,8 @@ void layer_norm(float* y, const float* x, int64_t rows, int64_t cols, const floa
                 double eps);
 // y[r] = softmax(x[r]) over cols.
 void softmax_rows(float* y, const float* x, int64_t rows, int64_t cols);
+// dx[r] = y[r] * (dy[r] - sum(dy[r] * y[r])), in double.
+void softmax_backward_rows(double* dx, const float* dy, const float* y, int64_t rows, int64_t cols);
 
 // Multi-head attention over packed QKV: qkv (B*T, 3D) = [q heads | k heads | v heads],
 // out (B*T, D), query scaled by 1/sqrt(Dh).

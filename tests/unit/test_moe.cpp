@@ -11,6 +11,7 @@
 #include "core/error.hpp"
 #include "moe/capacity.hpp"
 #include "moe/moe_layer.hpp"
+#include "moe/soft_moe.hpp"
 #include "moe/routers.hpp"
 #include "naive/naive_ops.hpp"
 #include "naive/test_util.hpp"

@@ -22,6 +22,7 @@
 #include "nn/gemm.hpp"
 #include "nn/norm_softmax.hpp"
 #include "nn/primitive_cache.hpp"
+#include "nn/train_ops.hpp"
 
 using vmoe::nn::Activation;
 using vmoe::nn::Gemm;
@@ -372,6 +373,42 @@ TEST_CASE("Softmax matches naive", "[ops][softmax]") {
   SECTION("in place") {
     softmax.run(x.data(), x.data());
     CHECK(testutil::max_abs_diff(x.data(), y.data(), x.size()) == 0.0);
+  }
+}
+
+// Softmax backward: the float dot product sum(dy y) is off by at most gamma_C sum|dy y|,
+// and the subtraction and product add 2u relative, so per element
+// |dx - ref| <= (C + 2) u |y| (sum|dy y| + |dy| + |dot|).
+TEST_CASE("SoftmaxBackward matches naive", "[ops][softmax]") {
+  const int64_t rows = GENERATE(1, 7, 150);
+  const int64_t cols = GENERATE(1, 2, 8, 50, 128);
+  const float spread = GENERATE(1.0f, 30.0f);
+  auto x = testutil::random_normal(rows * cols, 91 + rows * cols, spread, 3.0f);
+  auto dy = testutil::random_normal(rows * cols, 93 + rows * cols, 1.0f, 0.0f);
+  std::vector<float> y(rows * cols), dx(rows * cols);
+  naive::softmax_rows(y.data(), x.data(), rows, cols);
+  vmoe::nn::SoftmaxBackward backward(rows, cols);
+  backward.run(dx.data(), dy.data(), y.data());
+  std::vector<double> ref(rows * cols);
+  naive::softmax_backward_rows(ref.data(), dy.data(), y.data(), rows, cols);
+  INFO("rows " << rows << " cols " << cols << " spread " << spread);
+  int bad = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    double abs_dot = 0, dot = 0;
+    for (int64_t j = 0; j < cols; ++j) {
+      abs_dot += std::fabs(double{dy[r * cols + j]} * y[r * cols + j]);
+      dot += double{dy[r * cols + j]} * y[r * cols + j];
+    }
+    for (int64_t j = 0; j < cols; ++j) {
+      const int64_t i = r * cols + j;
+      const double bound = (cols + 2) * kUnit * y[i] * (abs_dot + std::fabs(dy[i]) + std::fabs(dot)) + 1e-30;
+      bad += !(std::fabs(dx[i] - ref[i]) <= bound);
+    }
+  }
+  CHECK(bad == 0);
+  SECTION("in place over dy") {
+    backward.run(dy.data(), dy.data(), y.data());
+    CHECK(testutil::max_abs_diff(dy.data(), dx.data(), dy.size()) == 0.0);
   }
 }
 

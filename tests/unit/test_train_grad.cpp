@@ -15,6 +15,7 @@
 #include <random>
 
 #include "model/architectures.hpp"
+#include "nn/context.hpp"
 #include "train/optimizer.hpp"
 #include "train/vit_train.hpp"
 
@@ -136,6 +137,7 @@ TEST_CASE("a tiny V-MoE over-fits one fixed batch", "[train]") {
   const ModelConfig c = tiny(RouterKind::top_k, Classifier::token, false);
   const int B = 16;
   Problem p = make_problem(c, B, 11);
+  nn::context().created.clear();
   TrainGraph graph(c, B);
   VitParams grads = allocate_params(c);
   AdamW optimizer(c, AdamWConfig{});
@@ -152,4 +154,8 @@ TEST_CASE("a tiny V-MoE over-fits one fixed batch", "[train]") {
   }
   INFO("loss " << first << " -> " << last);
   CHECK(last < 0.2 * first);
+  // No training op may fall back to a oneDNN reference kernel (they are ~100x slower).
+  const auto slow = nn::reference_primitives();
+  for (const auto& s : slow) UNSCOPED_INFO("reference kernel: " << s);
+  CHECK(slow.empty());
 }
