@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# End-to-end tests of `vmoe train` on small slices of the installed Fashion-MNIST:
+# the written model works in classify/route/eval, the same seed gives the same file,
+# an interrupted run resumed gives the uninterrupted run's file, and bad input (broken
+# dataset files, labels that do not match the images, a resume file of another
+# architecture, nonsense flags) gives a one-line error and overwrites nothing.
+#   bash tests/cli/test_train.sh VMOE_BINARY WORKDIR
+set -uo pipefail
+vmoe=$(realpath "${1:?usage: test_train.sh VMOE_BINARY WORKDIR}")
+work=${2:?usage: test_train.sh VMOE_BINARY WORKDIR}
+source_dir=${VMOE_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+fmnist=/usr/share/datasets/fashion-mnist
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+rm -rf "$work"
+mkdir -p "$work"
+cd "$work" || exit 1
+failures=0
+
+fail() {
+  echo "FAIL: $*"
+  failures=$((failures + 1))
+}
+
+# expect CODE DESCRIPTION -- command...: exit code CODE; on failure exactly one line on
+# stderr (CLI11's usage errors add a "Run with --help" line) and nothing on stdout.
+expect() {
+  local want=$1 what=$2
+  shift 3
+  "$@" >out.txt 2>err.txt
+  local got=$?
+  if [ "$got" != "$want" ]; then
+    fail "$what: exit $got, expected $want (stderr: $(tail -c 300 err.txt))"
+    return
+  fi
+  if [ "$want" != 0 ]; then
+    local lines
+    lines=$(grep -c . err.txt)
+    if [ "$lines" != 1 ] && ! grep -q "^Run with --help" err.txt; then
+      fail "$what: expected a one-line error, got $lines lines: $(head -c 300 err.txt)"
+    fi
+    [ -s out.txt ] && fail "$what: printed to stdout on error: $(head -c 200 out.txt)"
+  fi
+  echo "ok: $what"
+}
+
+mentions() {  # mentions DESCRIPTION TEXT: the last error names TEXT
+  grep -qF -- "$2" err.txt || fail "$1: error does not mention \"$2\": $(head -c 300 err.txt)"
+}
+
+if [ ! -e "$fmnist/train-images-idx3-ubyte.gz" ]; then
+  echo "FAIL: $fmnist is missing (scripts/setup.sh installs dataset-fashion-mnist)"
+  exit 1
+fi
+
+tiny=(--data fashion-mnist:train --test-limit 256 --limit 512 --batch 64 --seed 5)
+dense=(--arch vit-fmnist --layers 2)
+moe=(--arch vmoe-fmnist --layers 2 --moe-layers 0,1)
+
+# --- a tiny V-MoE: the file is a model the other commands use ---------------------------
+expect 0 "train a tiny V-MoE for 2 epochs" -- "$vmoe" train "${tiny[@]}" "${moe[@]}" --epochs 2 -o moe.safetensors --log moe.csv
+[ -s moe.safetensors ] || fail "no model written"
+[ -s moe.safetensors.train ] || fail "no training state written"
+[ "$(wc -l <moe.csv)" = 3 ] || fail "log should hold a header and 2 epochs: $(cat moe.csv)"
+head -1 moe.csv | grep -q "^epoch,loss,aux_importance,aux_load,train_accuracy,test_accuracy,lr,seconds,images_per_s,expert_load$" ||
+  fail "log header: $(head -1 moe.csv)"
+ls | grep -q "\.tmp" && fail "temporary files left behind: $(ls)"
+sample="$source_dir/data/samples/fmnist_0_ankle-boot.png"
+expect 0 "classify with the trained model" -- "$vmoe" classify "$sample" -m moe.safetensors --json
+grep -q '"top"' out.txt || fail "classify --json has no top list: $(head -c 200 out.txt)"
+expect 0 "route with the trained model" -- "$vmoe" route "$sample" -m moe.safetensors -o routes
+[ -n "$(ls routes 2>/dev/null)" ] || fail "route wrote nothing"
+expect 0 "eval with the trained model" -- "$vmoe" eval -m moe.safetensors --data fashion-mnist:test --limit 128
+
+# --- same seed, same run -----------------------------------------------------------------
+expect 0 "the same run again" -- "$vmoe" train "${tiny[@]}" "${moe[@]}" --epochs 2 -o moe2.safetensors
+cmp -s moe.safetensors moe2.safetensors || fail "same seed gave a different model"
+
+# --- Ctrl-C after epoch 1, then --resume: the uninterrupted run's model -----------------
+expect 0 "uninterrupted dense run" -- "$vmoe" train "${tiny[@]}" "${dense[@]}" --epochs 2 -o full.safetensors
+"$vmoe" train "${tiny[@]}" "${dense[@]}" --epochs 2 -o cut.safetensors --log cut.csv 2>cut.err &
+pid=$!
+for _ in $(seq 600); do
+  [ -e cut.csv ] && [ "$(wc -l <cut.csv)" -ge 2 ] && break
+  sleep 0.05
+done
+kill -INT "$pid" 2>/dev/null
+wait "$pid"
+code=$?
+if [ "$(wc -l <cut.csv)" = 2 ]; then
+  [ "$code" != 0 ] || fail "an interrupted run should exit non-zero"
+  grep -q "interrupted" cut.err || fail "no interruption message: $(cat cut.err)"
+  expect 0 "resume the interrupted run" -- "$vmoe" train --resume cut.safetensors.train -o cut.safetensors --log cut.csv
+  cmp -s full.safetensors cut.safetensors || fail "resumed run differs from the uninterrupted one"
+  [ "$(wc -l <cut.csv)" = 3 ] || fail "resumed log should hold 2 epochs: $(cat cut.csv)"
+else
+  echo "note: the run finished before the interrupt arrived; resume not exercised"
+fi
+
+# --- bad input: one-line errors, nothing overwritten ------------------------------------
+cp moe.safetensors before.safetensors
+expect 2 "resume file of another architecture" -- "$vmoe" train --resume moe.safetensors.train --arch softmoe-fmnist -o moe.safetensors
+mentions "resume file of another architecture" "different architecture"
+cmp -s moe.safetensors before.safetensors || fail "a refused resume overwrote the model"
+
+mkdir broken
+gzip -dc "$fmnist/train-images-idx3-ubyte.gz" | head -c 100000 >broken/train-images-idx3-ubyte
+cp "$fmnist/train-labels-idx1-ubyte.gz" broken/
+expect 1 "truncated training images" -- "$vmoe" train "${moe[@]}" --data fashion-mnist:train --data-dir broken --test-data none --epochs 1 -o broken.safetensors
+mentions "truncated training images" "train-images-idx3-ubyte"
+[ -e broken.safetensors ] && fail "a failed run wrote a model"
+
+mkdir mismatch
+cp "$fmnist/train-images-idx3-ubyte.gz" mismatch/
+cp "$fmnist/t10k-labels-idx1-ubyte.gz" mismatch/train-labels-idx1-ubyte.gz
+expect 1 "labels that do not match the images" -- "$vmoe" train "${moe[@]}" --data fashion-mnist:train --data-dir mismatch --test-data none --epochs 1 -o mismatch.safetensors
+mentions "labels that do not match the images" "labels"
+[ -e mismatch.safetensors ] && fail "a failed run wrote a model"
+
+mkdir empty
+expect 1 "missing dataset files" -- "$vmoe" train "${moe[@]}" --data fashion-mnist:train --data-dir empty --test-data none --epochs 1 -o missing.safetensors
+mentions "missing dataset files" "empty"
+
+expect 1 "unknown data spec" -- "$vmoe" train "${moe[@]}" --data mnist:train --epochs 1 -o x.safetensors
+expect 2 "zero epochs" -- "$vmoe" train "${moe[@]}" --data fashion-mnist:train --epochs 0 -o x.safetensors
+expect 2 "unknown router" -- "$vmoe" train "${moe[@]}" --data fashion-mnist:train --router random -o x.safetensors
+expect 2 "no architecture" -- "$vmoe" train --data fashion-mnist:train -o x.safetensors
+expect 1 "resume file that does not exist" -- "$vmoe" train --resume nowhere.train -o x.safetensors
+printf 'not a training state' >junk.train
+expect 1 "resume file that is not a training state" -- "$vmoe" train --resume junk.train -o x.safetensors
+[ -e x.safetensors ] && fail "a refused run wrote a model"
+
+if [ "$failures" != 0 ]; then
+  echo "$failures failure(s)"
+  exit 1
+fi
+echo "all train CLI tests passed"
