@@ -109,7 +109,7 @@ const Architecture& find_architecture(const std::string& name) {
   fail("unknown architecture \"{}\" (known: {})", name, known);
 }
 
-Model init_model(const ModelConfig& config, uint64_t seed) {
+Model init_model(const ModelConfig& config, uint64_t seed, float soft_scale) {
   config.validate();
   Model model;
   model.config = config;
@@ -126,7 +126,8 @@ Model init_model(const ModelConfig& config, uint64_t seed) {
       return n.size() >= suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0;
     };
     if (ends_with("/scale") && n.find("LayerNorm") != std::string::npos) t.fill(1.0f);
-    else if (ends_with("encoder_norm/scale") || ends_with("Router/scale")) t.fill(1.0f);
+    else if (ends_with("encoder_norm/scale")) t.fill(1.0f);
+    else if (ends_with("Router/scale")) t.fill(soft_scale);
     else if (ends_with("/bias") || n == "cls") t.fill(0.0f);
     else if (n == "Encoder/posembed_input/pos_embedding") fill_normal(t, 0.02f);
     else if (ends_with("Router/mu")) fill_normal(t, 1.0f / std::sqrt(static_cast<float>(config.hidden_size)));

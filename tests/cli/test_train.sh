@@ -123,6 +123,8 @@ mentions "missing dataset files" "empty"
 expect 1 "unknown data spec" -- "$vmoe" train "${moe[@]}" --data mnist:train --epochs 1 -o x.safetensors
 expect 2 "zero epochs" -- "$vmoe" train "${moe[@]}" --data fashion-mnist:train --epochs 0 -o x.safetensors
 expect 2 "unknown router" -- "$vmoe" train "${moe[@]}" --data fashion-mnist:train --router random -o x.safetensors
+expect 2 "--soft-scale-init on a dense model" -- "$vmoe" train "${dense[@]}" --data fashion-mnist:train --soft-scale-init 8 -o x.safetensors
+mentions "--soft-scale-init on a dense model" "Soft-MoE"
 expect 2 "no architecture" -- "$vmoe" train --data fashion-mnist:train -o x.safetensors
 expect 1 "resume file that does not exist" -- "$vmoe" train --resume nowhere.train -o x.safetensors
 printf 'not a training state' >junk.train
