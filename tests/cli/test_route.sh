@@ -7,37 +7,10 @@ vmoe=$(realpath "${1:?usage: test_route.sh VMOE_BINARY WORKDIR}")
 work=${2:?usage: test_route.sh VMOE_BINARY WORKDIR}
 python=/usr/bin/python3
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+source "$(dirname "$(realpath "$0")")/common/expect.sh"
 rm -rf "$work"
 mkdir -p "$work"
 cd "$work" || exit 1
-failures=0
-
-fail() {
-  echo "FAIL: $*"
-  failures=$((failures + 1))
-}
-
-# expect CODE DESCRIPTION -- command...: exit code CODE and, on failure, exactly one
-# line on stderr starting with "vmoe: error:" (or CLI11's usage message for code 2).
-expect() {
-  local want=$1 what=$2
-  shift 3
-  "$@" >out.txt 2>err.txt
-  local got=$?
-  if [ "$got" != "$want" ]; then
-    fail "$what: exit $got, expected $want (stderr: $(head -c 300 err.txt))"
-    return
-  fi
-  if [ "$want" != 0 ]; then
-    local lines
-    lines=$(grep -c . err.txt)
-    if [ "$lines" != 1 ] && ! grep -q "^Run with --help" err.txt; then
-      fail "$what: expected a one-line error, got $lines lines: $(head -c 300 err.txt)"
-    fi
-    [ -s out.txt ] && fail "$what: printed to stdout on error: $(head -c 200 out.txt)"
-  fi
-  echo "ok: $what"
-}
 
 # A 28x28 grey PGM: a bright ellipse on a dark background.
 "$python" - <<'EOF'

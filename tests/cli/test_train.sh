@@ -11,37 +11,10 @@ work=${2:?usage: test_train.sh VMOE_BINARY WORKDIR}
 source_dir=${VMOE_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 fmnist=/usr/share/datasets/fashion-mnist
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+source "$(dirname "$(realpath "$0")")/common/expect.sh"
 rm -rf "$work"
 mkdir -p "$work"
 cd "$work" || exit 1
-failures=0
-
-fail() {
-  echo "FAIL: $*"
-  failures=$((failures + 1))
-}
-
-# expect CODE DESCRIPTION -- command...: exit code CODE; on failure exactly one line on
-# stderr (CLI11's usage errors add a "Run with --help" line) and nothing on stdout.
-expect() {
-  local want=$1 what=$2
-  shift 3
-  "$@" >out.txt 2>err.txt
-  local got=$?
-  if [ "$got" != "$want" ]; then
-    fail "$what: exit $got, expected $want (stderr: $(tail -c 300 err.txt))"
-    return
-  fi
-  if [ "$want" != 0 ]; then
-    local lines
-    lines=$(grep -c . err.txt)
-    if [ "$lines" != 1 ] && ! grep -q "^Run with --help" err.txt; then
-      fail "$what: expected a one-line error, got $lines lines: $(head -c 300 err.txt)"
-    fi
-    [ -s out.txt ] && fail "$what: printed to stdout on error: $(head -c 200 out.txt)"
-  fi
-  echo "ok: $what"
-}
 
 mentions() {  # mentions DESCRIPTION TEXT: the last error names TEXT
   grep -qF -- "$2" err.txt || fail "$1: error does not mention \"$2\": $(head -c 300 err.txt)"
