@@ -82,11 +82,10 @@ void SoftmaxBackward::run(float* dx, const float* dy, const float* y) const {
   }
 }
 
-Eltwise::Eltwise(EltwiseKind kind, int64_t count) : kind_(kind) {
+TanhTrain::TanhTrain(int64_t count) {
   md_ = dnnl::memory::desc(dims{count}, dt::f32, tag::a);
-  // tanh's derivative is cheapest from its output; GELU's needs its input.
-  const auto alg = kind == EltwiseKind::gelu_tanh ? dnnl::algorithm::eltwise_gelu_tanh
-                                                  : dnnl::algorithm::eltwise_tanh_use_dst_for_bwd;
+  // tanh's derivative is cheapest from its output.
+  const auto alg = dnnl::algorithm::eltwise_tanh_use_dst_for_bwd;
   try {
     auto& eng = context().engine;
     fwd_pd_ = dnnl::eltwise_forward::primitive_desc(
@@ -96,26 +95,21 @@ Eltwise::Eltwise(EltwiseKind kind, int64_t count) : kind_(kind) {
                                                      fwd_pd_);
     bwd_ = dnnl::eltwise_backward(bwd_pd_);
   } catch (const dnnl::error& e) {
-    fail("oneDNN eltwise of {} values could not be created: {}", count, e.what());
+    fail("oneDNN tanh of {} values could not be created: {}", count, e.what());
   }
-  record_primitive(fmt::format("eltwise {} forward {}", kind == EltwiseKind::gelu_tanh ? "gelu" : "tanh", count),
-                   fwd_pd_.impl_info_str());
-  record_primitive(fmt::format("eltwise {} backward {}", kind == EltwiseKind::gelu_tanh ? "gelu" : "tanh", count),
-                   bwd_pd_.impl_info_str());
+  record_primitive(fmt::format("eltwise tanh forward {}", count), fwd_pd_.impl_info_str());
+  record_primitive(fmt::format("eltwise tanh backward {}", count), bwd_pd_.impl_info_str());
 }
 
-void Eltwise::forward(float* y, const float* x) const {
+void TanhTrain::forward(float* y, const float* x) const {
   auto& ctx = context();
   fwd_.execute(ctx.stream, {{DNNL_ARG_SRC, mem(md_, x)}, {DNNL_ARG_DST, mem(md_, y)}});
   ctx.stream.wait();
 }
 
-void Eltwise::backward(float* dx, const float* dy, const float* x, const float* y) const {
+void TanhTrain::backward(float* dx, const float* dy, const float* y) const {
   auto& ctx = context();
-  const bool from_dst = kind_ == EltwiseKind::tanh;
-  bwd_.execute(ctx.stream, {{from_dst ? DNNL_ARG_DST : DNNL_ARG_SRC, mem(md_, from_dst ? y : x)},
-                            {DNNL_ARG_DIFF_DST, mem(md_, dy)},
-                            {DNNL_ARG_DIFF_SRC, mem(md_, dx)}});
+  bwd_.execute(ctx.stream, {{DNNL_ARG_DST, mem(md_, y)}, {DNNL_ARG_DIFF_DST, mem(md_, dy)}, {DNNL_ARG_DIFF_SRC, mem(md_, dx)}});
   ctx.stream.wait();
 }
 

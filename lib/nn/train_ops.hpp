@@ -1,7 +1,7 @@
 #pragma once
 // What the training pass needs besides matmul: layer norm that keeps its statistics and
-// its backward, softmax backward, and GELU / tanh forward and backward. Each is created
-// once for its shape and reused.
+// its backward, softmax backward, and tanh forward and backward (GELU is nn/gelu.hpp).
+// Each is created once for its shape and reused.
 #include <cstdint>
 
 #include <oneapi/dnnl/dnnl.hpp>
@@ -38,18 +38,14 @@ class SoftmaxBackward {
   int64_t rows_, cols_;
 };
 
-enum class EltwiseKind { gelu_tanh, tanh };
-
-// y = f(x) elementwise over `count` floats; backward dx = dy * f'(x) (from x for GELU,
-// from y for tanh, as oneDNN's use_dst variants need).
-class Eltwise {
+// y = tanh(x) elementwise over `count` floats; backward dx = dy * (1 - y^2), from y.
+class TanhTrain {
  public:
-  Eltwise(EltwiseKind kind, int64_t count);
+  explicit TanhTrain(int64_t count);
   void forward(float* y, const float* x) const;
-  void backward(float* dx, const float* dy, const float* x, const float* y) const;
+  void backward(float* dx, const float* dy, const float* y) const;
 
  private:
-  EltwiseKind kind_;
   dnnl::memory::desc md_;
   dnnl::eltwise_forward::primitive_desc fwd_pd_;
   dnnl::eltwise_forward fwd_;

@@ -9,6 +9,7 @@
 #include "moe/capacity.hpp"
 #include "moe/routers.hpp"
 #include "moe/soft_moe.hpp"
+#include "nn/gelu.hpp"
 #include "train/grad_ops.hpp"
 
 namespace vmoe::train {
@@ -71,7 +72,6 @@ MoeTrainLayer::MoeTrainLayer(const ModelConfig& c, int B)
     : moe_(*c.moe),
       shape_{int64_t{B} * c.num_tokens(), c.num_tokens(), c.hidden_size, c.mlp_dim},
       groups_(make_groups(shape_.tokens, int64_t{moe_.group_images} * c.num_tokens())),
-      gelu_(nn::EltwiseKind::gelu_tanh, max_expert_rows(*c.moe, groups_) * int64_t{c.mlp_dim}),
       router_softmax_backward_(shape_.tokens, c.moe->num_experts) {
   const int64_t N = shape_.tokens, D = shape_.hidden, M = shape_.mlp, E = moe_.num_experts;
   max_rows_ = max_expert_rows(moe_, groups_);
@@ -114,7 +114,7 @@ void MoeTrainLayer::experts_forward(const BlockParams& p, nn::PrimitiveCache& ca
     if (rows) linear(expert_u_.data() + first * M, expert_in_.data() + first * D, p.mlp0_kernel.data() + e * D * M,
                      p.mlp0_bias.data() + e * M, rows, D, M, cache);
   }
-  gelu_.forward(expert_a_.data(), expert_u_.data());
+  nn::gelu_forward(expert_a_.data(), expert_u_.data(), expert_u_.data(), expert_u_.numel());
   for (int e = 0; e < moe_.num_experts; ++e) {
     const int64_t rows = plan_.rows_of_expert[e], first = plan_.first_row[e];
     if (rows) linear(expert_out_.data() + first * D, expert_a_.data() + first * M, p.mlp1_kernel.data() + e * M * D,
@@ -133,7 +133,7 @@ void MoeTrainLayer::experts_backward(const BlockParams& p, BlockParams& g, nn::P
     accumulate_weight_grad(g.mlp1_kernel.data() + e * M * D, expert_a_.data() + first * M, dout, rows, M, D, cache);
     accumulate_bias_grad(g.mlp1_bias.data() + e * D, dout, rows, D, ones_.data(), ones, cache);
   }
-  gelu_.backward(d_expert_u_.data(), d_expert_a_.data(), expert_u_.data(), expert_a_.data());
+  nn::gelu_backward(d_expert_u_.data(), d_expert_a_.data(), expert_u_.data(), expert_u_.numel());
   for (int e = 0; e < moe_.num_experts; ++e) {
     const int64_t rows = plan_.rows_of_expert[e], first = plan_.first_row[e];
     if (!rows) continue;

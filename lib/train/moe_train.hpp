@@ -50,9 +50,9 @@ class MoeTrainLayer {
   AuxLosses aux_;
   Tensor clean_logits_, noisy_logits_, gates_, dgates_;  // (N, E)
   Tensor expert_in_, expert_out_, d_expert_out_, d_expert_in_;  // (max_rows, D)
-  Tensor expert_u_, expert_a_, d_expert_a_, d_expert_u_;  // (max_rows, M) pre- and post-GELU and their grads
+  // (max_rows, M): pre-GELU then, after the forward, GELU's slope; post-GELU; their grads
+  Tensor expert_u_, expert_a_, d_expert_a_, d_expert_u_;
   Tensor ones_;  // (max(N, max_rows)) for bias gradients
-  nn::Eltwise gelu_;
   nn::SoftmaxBackward router_softmax_backward_;
   std::vector<int64_t> by_token_, token_begin_;  // entries bucketed by token (CSR)
   // Soft-MoE

@@ -6,6 +6,7 @@
 
 #include "core/error.hpp"
 #include "nn/attention.hpp"
+#include "nn/gelu.hpp"
 #include "train/grad_ops.hpp"
 
 namespace vmoe::train {
@@ -45,11 +46,10 @@ TrainGraph::TrainGraph(const ModelConfig& c, int batch)
       patch_len_(int64_t{c.patch_h} * c.patch_w * c.image.channels),
       pooled_(c.pooled_size()),
       norm_(N_, D_, static_cast<float>(c.layer_norm_eps)),
-      attn_softmax_backward_(int64_t{batch} * H_ * T_, T_),
-      gelu_(nn::EltwiseKind::gelu_tanh, N_ * M_) {
+      attn_softmax_backward_(int64_t{batch} * H_ * T_, T_) {
   if (batch <= 0) fail("training batch must be positive, got {}", batch);
   c.validate();
-  if (c.representation_size) tanh_ = std::make_unique<nn::Eltwise>(nn::EltwiseKind::tanh, int64_t{batch} * pooled_);
+  if (c.representation_size) tanh_ = std::make_unique<nn::TanhTrain>(int64_t{batch} * pooled_);
   acts_.resize(c.num_layers);
   for (int l = 0; l < c.num_layers; ++l) {
     BlockActs& a = acts_[l];
@@ -111,7 +111,7 @@ void TrainGraph::block_forward(int l, const BlockParams& p, float* x_out, std::m
     return;
   }
   linear(a.u.data(), a.h1.data(), p.mlp0_kernel.data(), p.mlp0_bias.data(), N, D, M_, cache_);
-  gelu_.forward(a.a.data(), a.u.data());
+  nn::gelu_forward(a.a.data(), a.u.data(), a.u.data(), N * M_);
   GemmSpec down;
   down.m = N, down.k = M_, down.n = D, down.bias = true, down.beta = 1.0f;
   cache_.gemm(down).run(x_out, a.a.data(), p.mlp1_kernel.data(), p.mlp1_bias.data());
@@ -204,7 +204,7 @@ void TrainGraph::block_backward(int l, const BlockParams& p, BlockParams& g, flo
     input_grad(da_.data(), dx, p.mlp1_kernel.data(), N, M, D, 0.0f, cache_);
     accumulate_weight_grad(g.mlp1_kernel.data(), a.a.data(), dx, N, M, D, cache_);
     accumulate_bias_grad(g.mlp1_bias.data(), dx, N, D, ones_.data(), ones_.numel(), cache_);
-    gelu_.backward(du_.data(), da_.data(), a.u.data(), a.a.data());
+    nn::gelu_backward(du_.data(), da_.data(), a.u.data(), N * M);
     accumulate_weight_grad(g.mlp0_kernel.data(), a.h1.data(), du_.data(), N, D, M, cache_);
     accumulate_bias_grad(g.mlp0_bias.data(), du_.data(), N, M, ones_.data(), ones_.numel(), cache_);
     input_grad(dh_.data(), du_.data(), p.mlp0_kernel.data(), N, D, M, 0.0f, cache_);
@@ -271,7 +271,7 @@ void TrainGraph::backward(const VitParams& params, VitParams& grads, const LossO
   accumulate_bias_grad(grads.head_bias.data(), dlogits_.data(), B_, classes, ones_.data(), ones_.numel(), cache_);
   if (c.representation_size) {
     input_grad(dfeatures_.data(), dlogits_.data(), params.head_kernel.data(), B_, pooled_, classes, 0.0f, cache_);
-    tanh_->backward(dpre_z_.data(), dfeatures_.data(), pre_z_.data(), features_.data());
+    tanh_->backward(dpre_z_.data(), dfeatures_.data(), features_.data());
     accumulate_weight_grad(grads.pre_logits_kernel.data(), pooled_act_.data(), dpre_z_.data(), B_, D, pooled_, cache_);
     accumulate_bias_grad(grads.pre_logits_bias.data(), dpre_z_.data(), B_, pooled_, ones_.data(), ones_.numel(), cache_);
     input_grad(dpooled_.data(), dpre_z_.data(), params.pre_logits_kernel.data(), B_, D, pooled_, 0.0f, cache_);

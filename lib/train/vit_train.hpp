@@ -45,6 +45,7 @@ class TrainGraph {
 
  private:
   struct BlockActs {
+    // u: pre-GELU (N, M), overwritten by GELU's slope in the forward (all the backward needs)
     Tensor x_in, mean0, var0, h0, qkv, probs, attn, x_mid, mean1, var1, h1, u, a;
     std::unique_ptr<MoeTrainLayer> moe;
   };
@@ -60,8 +61,7 @@ class TrainGraph {
   nn::PrimitiveCache cache_;
   nn::LayerNormTrain norm_;
   nn::SoftmaxBackward attn_softmax_backward_;
-  nn::Eltwise gelu_;
-  std::unique_ptr<nn::Eltwise> tanh_;
+  std::unique_ptr<nn::TanhTrain> tanh_;
   std::vector<BlockActs> acts_;
   Tensor qkv_kernel_, qkv_bias_, dqkv_kernel_, dqkv_bias_;  // packed (D, 3D), (3D), per step
   Tensor patches_, embedded_;  // (B*NP, ph*pw*C), (B*NP, D)

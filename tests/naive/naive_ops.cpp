@@ -13,7 +13,18 @@ const double kPi = 3.14159265358979323846;
 float at(const float* p, int64_t i) { return p[i]; }
 }  // namespace
 
-double gelu_tanh(double x) { return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / kPi) * (x + 0.044715 * x * x * x))); }
+// 0.5 (1 + tanh(s)) = 1 / (1 + exp(-2s)) and 0.5 (1 - tanh(s)) = 1 / (1 + exp(2s)), which keep
+// their relative accuracy in the tails where 1 +- tanh(s) would cancel.
+double gelu_tanh(double x) {
+  const double s = std::sqrt(2.0 / kPi) * (x + 0.044715 * x * x * x);
+  return x / (1.0 + std::exp(-2.0 * s));
+}
+
+double gelu_tanh_slope(double x) {
+  const double c = std::sqrt(2.0 / kPi), s = c * (x + 0.044715 * x * x * x);
+  const double half_one_plus_t = 1.0 / (1.0 + std::exp(-2.0 * s)), half_one_minus_t = 1.0 / (1.0 + std::exp(2.0 * s));
+  return half_one_plus_t + 2.0 * x * half_one_plus_t * half_one_minus_t * c * (1.0 + 3.0 * 0.044715 * x * x);
+}
 
 double activate(double x, Act act) {
   switch (act) {

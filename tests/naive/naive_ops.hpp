@@ -30,6 +30,7 @@ void matmul(float* c, const float* a, const float* b, const float* bias, const M
             double* abs_sum = nullptr);
 
 double gelu_tanh(double x);  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+double gelu_tanh_slope(double x);  // its derivative
 double activate(double x, Act act);
 
 // y = (x - mean) / sqrt(var + eps) * scale + bias per row (population variance).

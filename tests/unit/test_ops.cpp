@@ -19,6 +19,7 @@
 #include "naive/test_util.hpp"
 #include "nn/attention.hpp"
 #include "nn/context.hpp"
+#include "nn/gelu.hpp"
 #include "nn/gemm.hpp"
 #include "nn/norm_softmax.hpp"
 #include "nn/primitive_cache.hpp"
@@ -409,6 +410,45 @@ TEST_CASE("SoftmaxBackward matches naive", "[ops][softmax]") {
   SECTION("in place over dy") {
     backward.run(dy.data(), dy.data(), y.data());
     CHECK(testutil::max_abs_diff(dy.data(), dx.data(), dy.size()) == 0.0);
+  }
+}
+
+// GELU (hand-written): s = c (x + 0.044715 x^3) carries a few roundings, relative to the
+// terms it sums, and exp(2s) turns that absolute error into a relative one of about
+// u |x ds/dx| ("amp"), which a and the slope inherit; exp's polynomial and the divisions add
+// a few u more. So |a - ref| <= 8 u amp |ref|, and for the slope the same over the sum of
+// its two terms' magnitudes (it crosses zero near x = -0.75). The 1e-30 floor covers the far
+// tails (|s| clamped at 43), where a and the slope are below 1e-30.
+TEST_CASE("gelu_forward and gelu_backward match naive", "[ops][gelu]") {
+  const int64_t count = GENERATE(1, 7, 8, 9, 1000, 4099);
+  const float spread = GENERATE(1.0f, 4.0f);
+  auto u = testutil::random_normal(count, 17 + count, spread, 0.0f);
+  // The grid of the whole interesting range, -12..12, whenever there is room for it.
+  if (count >= 1000)
+    for (int64_t i = 0; i < 481; ++i) u[i] = -12.0f + 0.05f * static_cast<float>(i);
+  auto da = testutil::random_normal(count, 19 + count, 1.0f, 0.0f);
+  std::vector<float> a(count), slope(count), du(count);
+  vmoe::nn::gelu_forward(a.data(), slope.data(), u.data(), count);
+  vmoe::nn::gelu_backward(du.data(), da.data(), slope.data(), count);
+  INFO("count " << count << " spread " << spread);
+  const double c = std::sqrt(2.0 / M_PI);
+  int bad_a = 0, bad_slope = 0, bad_du = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const double x = u[i];
+    const double amp = 1.0 + std::fabs(x * 2.0 * c * (1.0 + 3.0 * 0.044715 * x * x));
+    const double ref_a = naive::gelu_tanh(x), ref_slope = naive::gelu_tanh_slope(x);
+    const double half_one_plus_t = 1.0 / (1.0 + std::exp(-2.0 * c * (x + 0.044715 * x * x * x)));
+    const double slope_terms = half_one_plus_t + std::fabs(ref_slope - half_one_plus_t);
+    bad_a += !(std::fabs(a[i] - ref_a) <= 8 * kUnit * amp * std::fabs(ref_a) + 1e-30);
+    bad_slope += !(std::fabs(slope[i] - ref_slope) <= 8 * kUnit * amp * slope_terms + 1e-30);
+    bad_du += !(du[i] == da[i] * slope[i]);
+  }
+  CHECK(bad_a == 0);
+  CHECK(bad_slope == 0);
+  CHECK(bad_du == 0);
+  SECTION("the slope may overwrite the input") {
+    vmoe::nn::gelu_forward(a.data(), u.data(), u.data(), count);
+    CHECK(testutil::max_abs_diff(u.data(), slope.data(), count) == 0.0);
   }
 }
 
