@@ -31,7 +31,7 @@ struct TrainArgs {
   std::string arch, init_model, output, log, resume, router;
   std::optional<int> experts, k, slots, mlp_dim, hidden, layers, heads, group_images;
   std::optional<double> capacity_factor, noise_std;
-  double soft_scale_init = 1.0;
+  std::optional<double> soft_scale_init;
   std::vector<int> moe_layers;
   bool no_augment = false;
   int threads = 0;
@@ -120,7 +120,7 @@ Run add_train(CLI::App& root) {
   app->add_option("--noise-std", a->noise_std, "router noise std (times 1/E)")->check(kNonNegative);
   app->add_option("--group-images", a->group_images, "images routed together")->check(kPositive);
   app->add_option("--soft-scale-init", a->soft_scale_init,
-                  "initial Soft-MoE logit scale (default 1; logits are scale * cosine, so 1 gives near-uniform dispatch)")
+                  "initial Soft-MoE logit scale (default sqrt(D); logits are scale * cosine, and the reference code's 1 leaves dispatch near uniform)")
       ->check(kPositive);
   app->add_option("--moe-layers", a->moe_layers, "blocks with MoE MLPs, e.g. 1,3,5")->delimiter(',');
   app->add_option("--mlp-dim", a->mlp_dim, "MLP (expert) hidden size")->check(CLI::Range(1, 1 << 16));
@@ -162,9 +162,10 @@ Run add_train(CLI::App& root) {
     } else {
       if (a->arch.empty() && a->init_model.empty()) throw UsageError("train needs --arch NAME (or --resume STATE)");
       const ModelConfig config = build_config(*a);
-      if (a->soft_scale_init != 1.0 && !(config.moe && config.moe->router == RouterKind::soft))
-        throw UsageError("--soft-scale-init needs Soft-MoE layers");
-      Model initial = init_model(config, a->settings.seed, static_cast<float>(a->soft_scale_init));
+      const bool soft = config.moe && config.moe->router == RouterKind::soft;
+      if (a->soft_scale_init && !soft) throw UsageError("--soft-scale-init needs Soft-MoE layers");
+      const float soft_scale = a->soft_scale_init ? static_cast<float>(*a->soft_scale_init) : default_soft_scale(config);
+      Model initial = init_model(config, a->settings.seed, soft_scale);
       train::train_model(initial, a->settings, a->output, callbacks);
     }
     if (g_stop) {

@@ -109,6 +109,8 @@ const Architecture& find_architecture(const std::string& name) {
   fail("unknown architecture \"{}\" (known: {})", name, known);
 }
 
+float default_soft_scale(const ModelConfig& config) { return std::sqrt(static_cast<float>(config.hidden_size)); }
+
 Model init_model(const ModelConfig& config, uint64_t seed, float soft_scale) {
   config.validate();
   Model model;

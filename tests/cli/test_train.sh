@@ -69,6 +69,26 @@ else
   echo "note: the run finished before the interrupt arrived; resume not exercised"
 fi
 
+# --- Soft-MoE: the logit scale starts at sqrt(D) unless --soft-scale-init says otherwise ----
+# (a learning rate of 1e-9 leaves the scale where it started, to within 1e-6)
+soft_scales() {  # soft_scales MODEL: the Router/scale values, one per line
+  /usr/bin/python3 - "$1" <<'PY'
+import json, struct, sys
+with open(sys.argv[1], 'rb') as f:
+    n = struct.unpack('<Q', f.read(8))[0]
+    header = json.loads(f.read(n))
+    for name, t in sorted(header.items()):
+        if name.endswith('Router/scale'):
+            f.seek(8 + n + t['data_offsets'][0])
+            print('%.6f' % struct.unpack('<f', f.read(4))[0])
+PY
+}
+soft=(--arch softmoe-fmnist --layers 2 --moe-layers 1 --limit 64 --batch 32 --test-data none --epochs 1 --lr 1e-9)
+expect 0 "a Soft-MoE with the default scale" -- "$vmoe" train --data fashion-mnist:train "${soft[@]}" -o soft.safetensors
+[ "$(soft_scales soft.safetensors)" = "9.797959" ] || fail "default Soft-MoE scale is not sqrt(96): $(soft_scales soft.safetensors)"
+expect 0 "a Soft-MoE with --soft-scale-init 1" -- "$vmoe" train --data fashion-mnist:train "${soft[@]}" --soft-scale-init 1 -o soft1.safetensors
+[ "$(soft_scales soft1.safetensors)" = "1.000000" ] || fail "--soft-scale-init 1 gave $(soft_scales soft1.safetensors)"
+
 # --- bad input: one-line errors, nothing overwritten ------------------------------------
 cp moe.safetensors before.safetensors
 expect 2 "resume file of another architecture" -- "$vmoe" train --resume moe.safetensors.train --arch softmoe-fmnist -o moe.safetensors
