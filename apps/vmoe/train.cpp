@@ -28,7 +28,7 @@ void on_interrupt(int) {
 
 struct TrainArgs {
   train::TrainSettings settings;
-  std::string arch, init_model, output, log, resume, router;
+  std::string arch, output, log, resume, router;
   std::optional<int> experts, k, slots, mlp_dim, hidden, layers, heads, group_images;
   std::optional<double> capacity_factor, noise_std;
   std::optional<double> soft_scale_init;
@@ -160,7 +160,7 @@ Run add_train(CLI::App& root) {
       }
       train::resume_training(a->resume, a->output, callbacks);
     } else {
-      if (a->arch.empty() && a->init_model.empty()) throw UsageError("train needs --arch NAME (or --resume STATE)");
+      if (a->arch.empty()) throw UsageError("train needs --arch NAME (or --resume STATE)");
       const ModelConfig config = build_config(*a);
       const bool soft = config.moe && config.moe->router == RouterKind::soft;
       if (a->soft_scale_init && !soft) throw UsageError("--soft-scale-init needs Soft-MoE layers");
