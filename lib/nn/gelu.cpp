@@ -1,6 +1,5 @@
 #include "nn/gelu.hpp"
 
-#include <algorithm>
 #include <cstring>
 
 namespace vmoe::nn {
@@ -36,8 +35,8 @@ inline float exp_bounded(float z) {
 // With e = exp(2s): 1 + t = 2e / (e + 1) and 1 - t = 2 / (e + 1), so
 //   a     = u e / (e + 1)
 //   slope = e / (e + 1) + 2 u e / (e + 1)^2 c (1 + 3 * 0.044715 u^2),
-// with no 1 - t or 1 + t cancellation in the tails. |s| is clamped at 43, where
-// e / (e + 1) is 1 or 0 in float anyway, to keep exp in range.
+// with no 1 - t or 1 + t cancellation in the tails. |s| is clamped at 43 to keep exp in
+// range; beyond it e / (e + 1) is 1 in float, or below 1e-37.
 void gelu_forward(float* a, float* slope, const float* u, int64_t count) {
   constexpr float kC = 0.7978845608028654f;  // sqrt(2/pi)
   constexpr float kA = 0.044715f;
