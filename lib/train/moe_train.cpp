@@ -106,6 +106,9 @@ MoeTrainLayer::MoeTrainLayer(const ModelConfig& c, int B)
   }
 }
 
+// The experts' rows are packed one after another: the rows of this step's plan, of max_rows_.
+int64_t MoeTrainLayer::used_rows() const { return plan_.first_row.back() + plan_.rows_of_expert.back(); }
+
 // u = in @ W0[e] + b0[e]; a = GELU(u); out = a @ W1[e] + b1[e], expert by expert.
 void MoeTrainLayer::experts_forward(const BlockParams& p, nn::PrimitiveCache& cache) {
   const int64_t D = shape_.hidden, M = shape_.mlp;
@@ -114,7 +117,7 @@ void MoeTrainLayer::experts_forward(const BlockParams& p, nn::PrimitiveCache& ca
     if (rows) linear(expert_u_.data() + first * M, expert_in_.data() + first * D, p.mlp0_kernel.data() + e * D * M,
                      p.mlp0_bias.data() + e * M, rows, D, M, cache);
   }
-  nn::gelu_forward(expert_a_.data(), expert_u_.data(), expert_u_.data(), expert_u_.numel());
+  nn::gelu_forward(expert_a_.data(), expert_u_.data(), expert_u_.data(), used_rows() * M);
   for (int e = 0; e < moe_.num_experts; ++e) {
     const int64_t rows = plan_.rows_of_expert[e], first = plan_.first_row[e];
     if (rows) linear(expert_out_.data() + first * D, expert_a_.data() + first * M, p.mlp1_kernel.data() + e * M * D,
@@ -133,7 +136,7 @@ void MoeTrainLayer::experts_backward(const BlockParams& p, BlockParams& g, nn::P
     accumulate_weight_grad(g.mlp1_kernel.data() + e * M * D, expert_a_.data() + first * M, dout, rows, M, D, cache);
     accumulate_bias_grad(g.mlp1_bias.data() + e * D, dout, rows, D, ones_.data(), ones, cache);
   }
-  nn::gelu_backward(d_expert_u_.data(), d_expert_a_.data(), expert_u_.data(), expert_u_.numel());
+  nn::gelu_backward(d_expert_u_.data(), d_expert_a_.data(), expert_u_.data(), used_rows() * M);
   for (int e = 0; e < moe_.num_experts; ++e) {
     const int64_t rows = plan_.rows_of_expert[e], first = plan_.first_row[e];
     if (!rows) continue;

@@ -38,6 +38,7 @@ class MoeTrainLayer {
   void experts_forward(const BlockParams& p, nn::PrimitiveCache& cache);
   void experts_backward(const BlockParams& p, BlockParams& g, nn::PrimitiveCache& cache);
   void compute_aux_losses();
+  int64_t used_rows() const;
   void soft_forward(float* x, const float* h, const BlockParams& p, nn::PrimitiveCache& cache);
   void soft_backward(float* dh, const float* dy, const float* h, const BlockParams& p, BlockParams& g,
                      nn::PrimitiveCache& cache);
