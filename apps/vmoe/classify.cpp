@@ -15,6 +15,7 @@ struct ClassifyArgs {
   int top = 5;
   bool json = false;
   RoutingFlags routing;
+  std::string resize;
 };
 
 void print_text(const std::string& model, const std::vector<Prediction>& predictions) {
@@ -49,10 +50,12 @@ Run add_classify(CLI::App& root) {
   add_model_option(*app, args->model);
   app->add_option("--top", args->top, "how many classes to show")->check(kPositive);
   add_routing_options(*app, args->routing);
+  add_resize_option(*app, args->resize);
   app->add_flag("--json", args->json, "print JSON (DESIGN §5) instead of text");
   return [args] {
     const std::string path = resolve_model_path(args->model);
     Model model = load_model(path);
+    apply_resize_override(model, args->resize);
     Engine engine(model);
     engine.set_routing(args->routing.overrides());
     std::vector<Prediction> predictions = classify_files(engine, args->images, args->top);

@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include "model/config.hpp"
+#include "model/params.hpp"
 
 namespace vmoe::cli {
 
@@ -26,6 +27,7 @@ Run add_bench(CLI::App& root);
 Run add_route(CLI::App& root);
 Run add_eval(CLI::App& root);
 Run add_train(CLI::App& root);
+Run add_upcycle(CLI::App& root);
 
 // Number checks with short messages (CLI11's own print the whole double range).
 extern const CLI::Validator kPositive;     // > 0
@@ -34,6 +36,12 @@ extern const CLI::Validator kNonNegative;  // >= 0
 // -m MODEL: given, else $VMOE_MODEL, else the bundled default next to the binary.
 std::string resolve_model_path(const std::string& given);
 void add_model_option(CLI::App& app, std::string& model);
+
+// --resize none|stretch|resize_small_crop: the image rule for this run instead of the
+// model's (DESIGN §3). Switching a model to resize_small_crop that does not use it sets
+// resize_small to the larger side of the model's input, so the whole centre square fits.
+void add_resize_option(CLI::App& app, std::string& resize);
+void apply_resize_override(Model& model, const std::string& resize);
 
 // --capacity-factor, --routing bpr|vanilla, --group-images
 struct RoutingFlags {

@@ -1,5 +1,6 @@
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 
@@ -52,6 +53,22 @@ std::string resolve_model_path(const std::string& given) {
 
 void add_model_option(CLI::App& app, std::string& model) {
   app.add_option("-m,--model", model, "model file (.safetensors); default: $VMOE_MODEL or the bundled model");
+}
+
+void add_resize_option(CLI::App& app, std::string& resize) {
+  app.add_option("--resize", resize, "image rule instead of the model's: none, stretch (to the model's size) or resize_small_crop")
+      ->check(CLI::IsMember({"none", "stretch", "resize_small_crop"}));
+}
+
+void apply_resize_override(Model& model, const std::string& resize) {
+  ImageConfig& im = model.config.image;
+  if (resize.empty()) return;
+  if (resize == "none") im.resize = Resize::none;
+  else if (resize == "stretch") im.resize = Resize::stretch;
+  else if (im.resize != Resize::resize_small_crop) {
+    im.resize = Resize::resize_small_crop;
+    im.resize_small = std::max(im.height, im.width);
+  }
 }
 
 RoutingOverrides RoutingFlags::overrides() const {

@@ -23,6 +23,7 @@ struct EvalArgs {
   int threads = 0;
   int64_t limit = -1;
   RoutingFlags routing;
+  std::string resize;
 };
 
 std::pair<int, int> parse_shard(const std::string& s) {
@@ -67,6 +68,7 @@ Run add_eval(CLI::App& root) {
                                "fashion-mnist:test, fashion-mnist:train, or a folder with one sub-folder of images per class");
   app->add_option("--data-dir", args->data_dir, "where the Fashion-MNIST IDX files are (default /usr/share/datasets/fashion-mnist)");
   add_routing_options(*app, args->routing);
+  add_resize_option(*app, args->resize);
   app->add_option("--batch", args->batch, "images per forward pass (default 256; rounded down to whole groups)")
       ->check(CLI::Range(1, 65536));
   app->add_option("--limit", args->limit, "evaluate only the first N images")->check(kNonNegative);
@@ -81,7 +83,7 @@ Run add_eval(CLI::App& root) {
   return [args] {
     if (!args->merge.empty()) {
       if (!args->model.empty() || !args->shard.empty() || args->limit >= 0 || args->routing.capacity_factor ||
-          !args->routing.routing.empty() || args->routing.group_images)
+          !args->routing.routing.empty() || args->routing.group_images || !args->resize.empty())
         throw UsageError("--merge takes only result files and --format; the runs' settings are in the files");
       std::vector<EvalResult> parts;
       for (const std::string& f : args->merge) parts.push_back(read_eval_json(f));
@@ -96,6 +98,7 @@ Run add_eval(CLI::App& root) {
     if (args->threads > 0) omp_set_num_threads(args->threads);
     const std::string path = resolve_model_path(args->model);
     Model model = load_model(path);
+    apply_resize_override(model, args->resize);
     Engine engine(model);
     engine.set_routing(args->routing.overrides());
     const Dataset dataset = load_dataset(args->data, args->data_dir);

@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
       {"route", vmoe::cli::add_route(app)},
       {"eval", vmoe::cli::add_eval(app)},
       {"train", vmoe::cli::add_train(app)},
+      {"upcycle", vmoe::cli::add_upcycle(app)},
   };
   try {
     app.parse(argc, argv);

@@ -26,6 +26,7 @@ struct RouteArgs {
   std::string capacity_factors;
   std::string routing;
   std::string layer = "all";
+  std::string resize;
   bool json = false;
   bool no_pictures = false;
 };
@@ -188,6 +189,7 @@ Run add_route(CLI::App& root) {
                   "the list for the capacity strip (default strip: 2,1,0.5,0.25,0.1)");
   app->add_option("--routing", args->routing, "bpr (batch priority) or vanilla (token order)")
       ->check(CLI::IsMember({"bpr", "vanilla"}));
+  add_resize_option(*app, args->resize);
   app->add_option("--layer", args->layer, "MoE encoder block to show, or all")->capture_default_str();
   app->add_flag("--json", args->json, "print the routing trace as JSON (DESIGN §5)");
   app->add_flag("--no-pictures", args->no_pictures, "write no pictures (files: [])");
@@ -207,6 +209,7 @@ Run add_route(CLI::App& root) {
 
     const std::string path = resolve_model_path(args->model);
     Model model = load_model(path);
+    apply_resize_override(model, args->resize);
     const ModelConfig& c = model.config;
     if (!c.moe || c.moe->layers.empty())
       throw UsageError(fmt::format("{}: the model has no MoE layer, there is no routing to show", path));

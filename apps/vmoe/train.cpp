@@ -1,4 +1,5 @@
 // vmoe train --data SPEC --arch NAME [...] -o MODEL | vmoe train --resume MODEL.train -o MODEL
+// vmoe train --data SPEC --init-from MODEL [...] -o MODEL
 #include <omp.h>
 #include <unistd.h>
 
@@ -8,6 +9,8 @@
 #include <fstream>
 
 #include <fmt/core.h>
+
+#include <nlohmann/json.hpp>
 
 #include "commands.hpp"
 #include "core/error.hpp"
@@ -28,7 +31,7 @@ void on_interrupt(int) {
 
 struct TrainArgs {
   train::TrainSettings settings;
-  std::string arch, output, log, resume, router;
+  std::string arch, output, log, resume, router, init_from;
   std::optional<int> experts, k, slots, mlp_dim, hidden, layers, heads, group_images;
   std::optional<double> capacity_factor, noise_std;
   std::optional<double> soft_scale_init;
@@ -70,6 +73,56 @@ ModelConfig build_config(const TrainArgs& a) {
   return c;
 }
 
+// The first key where two configs' JSON forms differ, e.g. "moe.num_experts: 8 vs 4".
+std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& where = "") {
+  if (a.is_object() && b.is_object()) {
+    for (auto it = a.begin(); it != a.end(); ++it) {
+      const std::string key = where.empty() ? it.key() : where + "." + it.key();
+      if (!b.contains(it.key())) return fmt::format("{}: {} vs absent", key, it.value().dump());
+      if (std::string d = first_difference(it.value(), b[it.key()], key); !d.empty()) return d;
+    }
+    for (auto it = b.begin(); it != b.end(); ++it)
+      if (!a.contains(it.key())) return fmt::format("{}: absent vs {}", where.empty() ? it.key() : where + "." + it.key(), it.value().dump());
+    return "";
+  }
+  return a == b ? "" : fmt::format("{}: {} vs {}", where, a.dump(), b.dump());
+}
+
+// --init-from MODEL: its weights and architecture, with a fresh optimizer and schedule.
+// Architecture flags may be given but must describe the same model; routing flags
+// (--capacity-factor, --noise-std, --group-images) override the model's.
+Model initial_from_file(const TrainArgs& a) {
+  Model model = load_model(a.init_from);
+  const bool arch_flags = !a.arch.empty() || a.experts || a.k || a.slots || !a.router.empty() || !a.moe_layers.empty() ||
+                          a.mlp_dim || a.hidden || a.layers || a.heads;
+  if (arch_flags) {
+    TrainArgs check = a;
+    if (check.arch.empty()) throw UsageError("--init-from with architecture flags also needs --arch NAME to compare against");
+    check.capacity_factor.reset(), check.noise_std.reset(), check.group_images.reset();
+    ModelConfig wanted = build_config(check);
+    ModelConfig have = model.config;
+    wanted.labels = have.labels, wanted.num_classes = have.num_classes;  // the data decides the classes
+    if (wanted.moe && have.moe) {  // routing knobs are not architecture
+      wanted.moe->capacity_factor = have.moe->capacity_factor, wanted.moe->noise_std = have.moe->noise_std;
+      wanted.moe->group_images = have.moe->group_images;
+    }
+    if (std::string d = first_difference(nlohmann::json::parse(config_to_json(wanted)), nlohmann::json::parse(config_to_json(have)));
+        !d.empty())
+      throw UsageError(fmt::format("--init-from {} does not match --arch {} with these flags ({}, flags vs file)", a.init_from,
+                                   a.arch, d));
+  }
+  if (a.soft_scale_init) throw UsageError("--soft-scale-init does not apply to --init-from (the file has its scale)");
+  if (model.config.moe) {
+    MoeConfig& m = *model.config.moe;
+    if (a.capacity_factor) m.capacity_factor = *a.capacity_factor;
+    if (a.noise_std) m.noise_std = *a.noise_std;
+    if (a.group_images) m.group_images = *a.group_images;
+  } else if (a.capacity_factor || a.noise_std || a.group_images) {
+    throw UsageError(fmt::format("{} is dense: routing flags do not apply (vmoe upcycle makes an MoE from it)", a.init_from));
+  }
+  return model;
+}
+
 void append_log(const std::string& path, const train::EpochReport& r) {
   const bool fresh = !std::filesystem::exists(path);
   std::ofstream out(path, std::ios::app);
@@ -96,6 +149,7 @@ Run add_train(CLI::App& root) {
   app->add_option("--arch", a->arch, "architecture to start from (vmoe init --list)");
   app->add_option("-o,--output", a->output, "model file written after every epoch (state in MODEL.train)")->required();
   app->add_option("--resume", a->resume, "continue the run whose state file is MODEL.train");
+  app->add_option("--init-from", a->init_from, "start from this model file's weights (fresh optimizer and schedule)");
   app->add_option("--epochs", s.epochs, "epochs")->check(CLI::Range(1, 100000));
   app->add_option("--batch", s.batch, "images per step")->check(CLI::Range(1, 65536));
   app->add_option("--lr", s.lr, "peak learning rate")->check(kPositive);
@@ -150,7 +204,10 @@ Run add_train(CLI::App& root) {
       if (!log.empty()) append_log(log, r);
     };
     std::signal(SIGINT, on_interrupt);
-    if (!a->resume.empty()) {
+    if (!a->resume.empty() && !a->init_from.empty()) throw UsageError("give --resume or --init-from, not both");
+    if (!a->init_from.empty()) {
+      train::train_model(initial_from_file(*a), a->settings, a->output, callbacks);
+    } else if (!a->resume.empty()) {
       if (!a->arch.empty()) {
         const ModelConfig wanted = build_config(*a);
         const ModelConfig have = train::read_training_state_config(a->resume);
@@ -160,7 +217,7 @@ Run add_train(CLI::App& root) {
       }
       train::resume_training(a->resume, a->output, callbacks);
     } else {
-      if (a->arch.empty()) throw UsageError("train needs --arch NAME (or --resume STATE)");
+      if (a->arch.empty()) throw UsageError("train needs --arch NAME (or --resume STATE, or --init-from MODEL)");
       const ModelConfig config = build_config(*a);
       const bool soft = config.moe && config.moe->router == RouterKind::soft;
       if (a->soft_scale_init && !soft) throw UsageError("--soft-scale-init needs Soft-MoE layers");

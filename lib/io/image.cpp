@@ -32,8 +32,9 @@ cv::Mat resize_by_rule(const cv::Mat& in, const ImageConfig& image, const std::s
   switch (image.resize) {
     case Resize::none:
       if (in.rows != H || in.cols != W)
-        fail("{}: image is {}x{} but the model takes {}x{} and its config says resize \"none\"", what, in.cols, in.rows,
-             W, H);
+        fail("{}: image is {}x{} but the model takes {}x{} as they are (resize \"none\"): pass --resize stretch "
+             "(or resize_small_crop) to fit it, or use a model made for photos (docs/TIMM.md)",
+             what, in.cols, in.rows, W, H);
       return in;
     case Resize::stretch: {
       if (in.rows == H && in.cols == W) return in;
