@@ -63,6 +63,7 @@ Run add_info(CLI::App& root) {
                      {"num_layers", c.num_layers},
                      {"num_heads", c.num_heads},
                      {"mlp_dim", c.mlp_dim},
+                     {"gelu", to_string(c.gelu)},
                      {"classifier", to_string(c.classifier)},
                      {"num_classes", c.num_classes},
                      {"params_total", cost.params_total},
@@ -82,8 +83,9 @@ Run add_info(CLI::App& root) {
     fmt::print("image        {}x{}x{}, resize {}, patch {}x{} -> {} tokens ({} classifier)\n", c.image.height,
                c.image.width, c.image.channels, to_string(c.image.resize), c.patch_h, c.patch_w, c.num_tokens(),
                to_string(c.classifier));
-    fmt::print("encoder      {} blocks, D {}, {} heads, MLP {}{}\n", c.num_layers, c.hidden_size, c.num_heads, c.mlp_dim,
-               c.representation_size ? fmt::format(", pre-logits {}", *c.representation_size) : "");
+    fmt::print("encoder      {} blocks, D {}, {} heads, MLP {}{}{}\n", c.num_layers, c.hidden_size, c.num_heads, c.mlp_dim,
+               c.representation_size ? fmt::format(", pre-logits {}", *c.representation_size) : "",
+               c.gelu == Gelu::erf ? ", GELU erf (exact)" : "");
     fmt::print("classes      {}\n", c.num_classes);
     fmt::print("parameters   {:.3f} M total, {:.3f} M active per token\n", cost.params_total / 1e6, cost.params_active / 1e6);
     fmt::print("compute      {:.4f} GFLOPs per image (embedding {:.4f}, attention {:.4f}, router {:.4f}, experts {:.4f}, dense MLP {:.4f}, head {:.4f})\n",

@@ -70,7 +70,7 @@ ModelConfig parse_config_json(const std::string& text) {
     fail("config: not valid JSON ({})", e.what());
   }
   reject_unknown_keys(j, {"format", "version", "image", "patch", "hidden_size", "num_layers", "num_heads", "mlp_dim",
-                          "classifier", "representation_size", "layer_norm_eps", "labels", "num_classes", "moe"},
+                          "classifier", "representation_size", "layer_norm_eps", "labels", "num_classes", "moe", "gelu"},
                       "");
   if (get_required<std::string>(j, "format", "") != "vmoe") fail("config: \"format\" must be \"vmoe\"");
   if (int v = get_int(j, "version", 0, "", true); v != 1) fail("config: unsupported version {}", v);
@@ -103,6 +103,7 @@ ModelConfig parse_config_json(const std::string& text) {
   if (j.contains("representation_size") && !j["representation_size"].is_null())
     c.representation_size = get_int(j, "representation_size", 0, "");
   c.layer_norm_eps = get_or<double>(j, "layer_norm_eps", 1e-6, "");
+  c.gelu = get_enum(j, "gelu", Gelu::tanh, "", {{"tanh", Gelu::tanh}, {"erf", Gelu::erf}});
   c.labels = get_or<std::vector<std::string>>(j, "labels", {}, "");
   c.num_classes = get_int(j, "num_classes", static_cast<int>(c.labels.size()), "");
   if (c.num_classes == 0) fail("config: needs \"labels\" or \"num_classes\"");
@@ -150,6 +151,8 @@ std::string config_to_json(const ModelConfig& c) {
   j["classifier"] = to_string(c.classifier);
   j["representation_size"] = c.representation_size ? json(*c.representation_size) : json(nullptr);
   j["layer_norm_eps"] = c.layer_norm_eps;
+  // Written only when not the default, so every tanh model's file stays as it was.
+  if (c.gelu != Gelu::tanh) j["gelu"] = to_string(c.gelu);
   if (!c.labels.empty()) j["labels"] = c.labels;
   j["num_classes"] = c.num_classes;
   if (c.moe) {

@@ -24,6 +24,8 @@ const char* to_string(Resize r) {
   return "?";
 }
 
+const char* to_string(Gelu g) { return g == Gelu::erf ? "erf" : "tanh"; }
+
 bool ModelConfig::is_moe_layer(int block) const {
   return moe && std::find(moe->layers.begin(), moe->layers.end(), block) != moe->layers.end();
 }

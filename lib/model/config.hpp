@@ -11,6 +11,7 @@ enum class Resize { none, stretch, resize_small_crop };
 enum class Classifier { token, gap };
 enum class RouterKind { top_k, experts_choice, soft };
 enum class CapacityRounding { ceil, round };
+enum class Gelu { tanh, erf };  // GELU form of every MLP (amendment: top-level "gelu")
 
 struct ImageConfig {
   int height = 28, width = 28, channels = 1;
@@ -43,6 +44,7 @@ struct ModelConfig {
   Classifier classifier = Classifier::token;
   std::optional<int> representation_size;
   double layer_norm_eps = 1e-6;
+  Gelu gelu = Gelu::tanh;  // tanh approximation (V-MoE, DESIGN §4) or exact erf (timm, PyTorch)
   std::vector<std::string> labels;  // empty when only num_classes is known
   int num_classes = 0;
   std::optional<MoeConfig> moe;
@@ -62,6 +64,7 @@ struct ModelConfig {
 const char* to_string(RouterKind r);
 const char* to_string(Classifier c);
 const char* to_string(Resize r);
+const char* to_string(Gelu g);
 
 // Routing knobs a user may override per run (DESIGN §3: every routing field).
 struct RoutingOverrides {

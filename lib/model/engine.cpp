@@ -12,6 +12,11 @@ namespace vmoe {
 using nn::Activation;
 using nn::GemmSpec;
 
+namespace {
+// The oneDNN post-op of every MLP's hidden layer: the config's GELU form.
+Activation gelu_activation(const ModelConfig& c) { return c.gelu == Gelu::erf ? Activation::gelu_erf : Activation::gelu_tanh; }
+}  // namespace
+
 Engine::Engine(const Model& model) : model_(model) {
   const ModelConfig& c = model.config;
   const int64_t D = c.hidden_size;
@@ -104,14 +109,14 @@ void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* tim
   }
   if (c.is_moe_layer(i)) {
     MoeWeights w{b.mlp0_kernel.data(), b.mlp0_bias.data(), b.mlp1_kernel.data(), b.mlp1_bias.data(),
-                 b.router_kernel.data(), packed_[i].soft_mu.data()};
+                 b.router_kernel.data(), packed_[i].soft_mu.data(), gelu_activation(c)};
     MoeShape shape{N, static_cast<int>(T), static_cast<int>(D), static_cast<int>(M)};
     moe_forward(x, h, shape, *routing_, w, moe_ws_, cache_, trace, times);
     return;
   }
   ScopedStage stage(times, &StageTimes::dense_mlp);
   GemmSpec up;  // hidden = GELU(h @ W0 + b0)
-  up.m = N, up.k = D, up.n = M, up.bias = true, up.activation = Activation::gelu_tanh;
+  up.m = N, up.k = D, up.n = M, up.bias = true, up.activation = gelu_activation(c);
   GemmSpec down;  // x += hidden @ W1 + b1
   down.m = N, down.k = M, down.n = D, down.bias = true, down.beta = 1.0f;
   float* hidden = hidden_.reserve(N * M);

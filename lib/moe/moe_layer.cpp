@@ -41,7 +41,7 @@ void router_gates(float* gates, const float* h, const float* router, int64_t N, 
 // Runs expert e's MLP on its rows: out = GELU(in @ w0[e] + b0[e]) @ w1[e] + b1[e].
 void run_experts(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, nn::PrimitiveCache& cache) {
   GemmSpec s0;
-  s0.runtime_m = true, s0.k = D, s0.n = M, s0.bias = true, s0.activation = Activation::gelu_tanh;
+  s0.runtime_m = true, s0.k = D, s0.n = M, s0.bias = true, s0.activation = w.gelu;
   GemmSpec s1;
   s1.runtime_m = true, s1.k = M, s1.n = D, s1.bias = true;
   const nn::Gemm& up = cache.gemm(s0);

@@ -21,6 +21,7 @@ struct MoeWeights {
   const float* b1;  // (E, D)
   const float* router;  // (D, E)      top_k, experts_choice
   const float* mu;  // (D, E*P)    soft: mu normalised over D per slot, times scale
+  nn::Activation gelu = nn::Activation::gelu_tanh;  // the experts' GELU (config "gelu")
 };
 
 // Buffers reused across calls; they only ever grow.

@@ -26,7 +26,11 @@ dnnl::memory::desc operand_md(int64_t batch, int64_t rows, int64_t cols, bool tr
 }
 
 dnnl::algorithm algorithm_of(Activation a) {
-  return a == Activation::gelu_tanh ? dnnl::algorithm::eltwise_gelu_tanh : dnnl::algorithm::eltwise_tanh;
+  switch (a) {
+    case Activation::gelu_tanh: return dnnl::algorithm::eltwise_gelu_tanh;
+    case Activation::gelu_erf: return dnnl::algorithm::eltwise_gelu_erf;
+    default: return dnnl::algorithm::eltwise_tanh;
+  }
 }
 
 }  // namespace

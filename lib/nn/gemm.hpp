@@ -11,7 +11,7 @@
 
 namespace vmoe::nn {
 
-enum class Activation { none, gelu_tanh, tanh };
+enum class Activation { none, gelu_tanh, gelu_erf, tanh };
 
 struct GemmSpec {
   int64_t m = 0, k = 0, n = 0;

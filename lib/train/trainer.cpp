@@ -210,6 +210,11 @@ std::vector<EpochReport> run(Model& model, AdamW& optimizer, const TrainSettings
 
 std::vector<EpochReport> train_model(const Model& initial, const TrainSettings& settings, const std::string& output,
                                      const TrainCallbacks& callbacks) {
+  // The hand-written GELU backward (nn/gelu) is the tanh form's; erf models (timm
+  // imports) are for inference.
+  if (initial.config.gelu != Gelu::tanh)
+    fail("training supports only gelu \"tanh\"; this model's config says \"{}\" (set it to tanh to fine-tune "
+         "with the approximation)", to_string(initial.config.gelu));
   Model model;
   model.config = initial.config;
   model.params = allocate_params(initial.config);

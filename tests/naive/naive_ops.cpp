@@ -30,6 +30,7 @@ double activate(double x, Act act) {
   switch (act) {
     case Act::none: return x;
     case Act::gelu_tanh: return gelu_tanh(x);
+    case Act::gelu_erf: return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));  // the exact GELU
     case Act::tanh: return std::tanh(x);
   }
   return x;

@@ -10,7 +10,7 @@
 
 namespace naive {
 
-enum class Act { none, gelu_tanh, tanh };
+enum class Act { none, gelu_tanh, gelu_erf, tanh };
 
 // C[b] = act(alpha * op(A[b]) @ op(B[b]) + bias + beta * C[b]) for b < batch.
 // op(A) is (m, k): A stored (m, k) with row stride lda, or (k, m) when trans_a.

@@ -79,6 +79,7 @@ def fill_defaults(config):
     cfg.setdefault("classifier", "token")
     cfg.setdefault("representation_size", None)
     cfg.setdefault("layer_norm_eps", 1e-6)
+    cfg.setdefault("gelu", "tanh")
     cfg["moe"] = {**MOE_DEFAULTS, **(cfg.get("moe") or {})}
     return cfg
 
@@ -324,6 +325,17 @@ def gelu_tanh(x):
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
+# gelu(x) = x Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))   (the exact form; config "gelu": "erf")
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def gelu_erf(x):
+    return 0.5 * x * (1.0 + _erf(np.asarray(x, dtype=np.float64) / math.sqrt(2.0)))
+
+
+GELUS = {"tanh": gelu_tanh, "erf": gelu_erf}
+
+
 # softmax(z)_i = exp(z_i - max z) / sum_j exp(z_j - max z)
 def softmax(z, axis=-1):
     z = z - z.max(axis=axis, keepdims=True)
@@ -356,14 +368,14 @@ def attention(x, p, prefix):
 
 
 # MLP(x) = Dense_1(gelu(Dense_0(x)))
-def mlp(x, k0, b0, k1, b1):
-    return dense(gelu_tanh(dense(x, k0, b0)), k1, b1)
+def mlp(x, k0, b0, k1, b1, gelu="tanh"):
+    return dense(GELUS[gelu](dense(x, k0, b0)), k1, b1)
 
 
-def expert(p, prefix, e, x):
+def expert(p, prefix, e, x, gelu="tanh"):
     """Expert e of an MoE block applied to rows x (n, D)."""
     return mlp(x, p[prefix + "Mlp/Dense_0/kernel"][e], p[prefix + "Mlp/Dense_0/bias"][e],
-               p[prefix + "Mlp/Dense_1/kernel"][e], p[prefix + "Mlp/Dense_1/bias"][e])
+               p[prefix + "Mlp/Dense_1/kernel"][e], p[prefix + "Mlp/Dense_1/bias"][e], gelu)
 
 
 # ---------------------------------------------------------------------------
@@ -478,7 +490,7 @@ def top_k_moe(x, p, prefix, moe):
     for n in range(e):
         rows, cols = np.nonzero((experts == n) & kept)
         if len(rows):
-            y[rows] += gates[rows, n][:, None] * expert(p, prefix, n, x[rows])
+            y[rows] += gates[rows, n][:, None] * expert(p, prefix, n, x[rows], moe.get("gelu", "tanh"))
     return y, {"capacity": c, "gates": gates, "experts": experts, "kept": kept,
                "margin": margin}
 
@@ -495,7 +507,7 @@ def experts_choice_moe(x, p, prefix, moe):
     y = np.zeros_like(x)
     for n in range(e):
         rows = np.nonzero(taken[:, n])[0]
-        y[rows] += gates[rows, n][:, None] * expert(p, prefix, n, x[rows])
+        y[rows] += gates[rows, n][:, None] * expert(p, prefix, n, x[rows], moe.get("gelu", "tanh"))
     return y, {"capacity": c, "gates": gates, "taken": taken, "margin": margin}
 
 
@@ -506,7 +518,7 @@ def soft_moe(x, p, prefix, moe):
     _, e, ps = mu.shape
     dispatch, combine = soft_weights(x, mu, p[prefix + "Router/scale"])
     slots = dispatch.T @ x
-    out = np.concatenate([expert(p, prefix, n, slots[n * ps:(n + 1) * ps]) for n in range(e)])
+    out = np.concatenate([expert(p, prefix, n, slots[n * ps:(n + 1) * ps], moe.get("gelu", "tanh")) for n in range(e)])
     return combine @ out, {"dispatch": dispatch, "combine": combine, "margin": math.inf}
 
 
@@ -545,6 +557,7 @@ def forward(params, config, images, capacity_factor=None, routing=None, group_im
     """
     cfg = fill_defaults(config)
     moe = effective_moe(cfg, capacity_factor, routing, group_images)
+    moe["gelu"] = cfg["gelu"]  # the experts' GELU form, like every MLP's
     p = {name: np.asarray(v, dtype=dtype) for name, v in params.items()}
     eps = cfg["layer_norm_eps"]
     _, _, t, has_cls = geometry(cfg)
@@ -571,7 +584,7 @@ def forward(params, config, images, capacity_factor=None, routing=None, group_im
                           "tokens_per_image": t, "groups": groups})
         else:
             y = mlp(y, p[b + "Mlp/Dense_0/kernel"], p[b + "Mlp/Dense_0/bias"],
-                    p[b + "Mlp/Dense_1/kernel"], p[b + "Mlp/Dense_1/bias"])
+                    p[b + "Mlp/Dense_1/kernel"], p[b + "Mlp/Dense_1/bias"], cfg["gelu"])
         x = x + y
     x = layer_norm(x, p["Encoder/encoder_norm/scale"], p["Encoder/encoder_norm/bias"], eps)
 

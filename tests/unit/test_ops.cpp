@@ -37,13 +37,14 @@ naive::Act naive_act(Activation a) {
   switch (a) {
     case Activation::none: return naive::Act::none;
     case Activation::gelu_tanh: return naive::Act::gelu_tanh;
+    case Activation::gelu_erf: return naive::Act::gelu_erf;
     case Activation::tanh: return naive::Act::tanh;
   }
   return naive::Act::none;
 }
 
 const char* act_name(Activation a) {
-  return a == Activation::none ? "none" : a == Activation::gelu_tanh ? "gelu_tanh" : "tanh";
+  return a == Activation::none ? "none" : a == Activation::gelu_tanh ? "gelu_tanh" : a == Activation::gelu_erf ? "gelu_erf" : "tanh";
 }
 
 struct Layout {
@@ -150,7 +151,7 @@ TEST_CASE("Gemm matches naive over shapes, transposes, leading dimensions and ba
 TEST_CASE("Gemm bias and GELU / tanh post-ops match naive", "[ops][gemm]") {
   const MKN shape = GENERATE(MKN{1, 1, 1}, MKN{1, 96, 10}, MKN{7, 5, 3}, MKN{50, 96, 384}, MKN{33, 17, 65});
   const bool bias = GENERATE(false, true);
-  const Activation act = GENERATE(Activation::none, Activation::gelu_tanh, Activation::tanh);
+  const Activation act = GENERATE(Activation::none, Activation::gelu_tanh, Activation::gelu_erf, Activation::tanh);
   const bool trans_b = GENERATE(false, true);
   const int64_t batch = GENERATE(1, 2);
   GemmSpec s;
