@@ -28,7 +28,7 @@ Run add_bench(CLI::App& root) {
   add_model_option(*app, args->model);
   app->add_option("--batch", args->batch, "images per forward pass")->check(CLI::Range(1, 4096));
   app->add_option("--threads", args->threads, "OpenMP threads (default: all cores)")->check(CLI::Range(1, 1024));
-  app->add_option("--seconds", args->seconds, "minimum timed duration")->check(CLI::Range(0.0, 3600.0));
+  app->add_option("--seconds", args->seconds, "minimum timed duration")->check(number_in(0.0, 3600.0));
   add_routing_options(*app, args->routing);
   app->add_flag("--no-ceiling", args->no_ceiling, "skip the large-matmul ceiling measurement");
   app->add_flag("--json", args->json, "print JSON");
@@ -37,6 +37,7 @@ Run add_bench(CLI::App& root) {
     const std::string path = resolve_model_path(args->model);
     Model model = load_model(path);
     Engine engine(model);
+    if (model.config.moe) checked_routing(model.config, args->routing);
     engine.set_routing(args->routing.overrides());
     BenchResult r = benchmark_engine(engine, args->batch, args->seconds);
     std::optional<MatmulCeiling> ceiling;

@@ -57,6 +57,7 @@ Run add_classify(CLI::App& root) {
     Model model = load_model(path);
     apply_resize_override(model, args->resize);
     Engine engine(model);
+    if (model.config.moe) checked_routing(model.config, args->routing);
     engine.set_routing(args->routing.overrides());
     std::vector<Prediction> predictions = classify_files(engine, args->images, args->top);
     if (args->json) print_json(path, predictions);

@@ -33,6 +33,11 @@ Run add_upcycle(CLI::App& root);
 extern const CLI::Validator kPositive;     // > 0
 extern const CLI::Validator kNonNegative;  // >= 0
 
+// A finite number in [lo, hi]; a finite number in (0, max]. NaN, infinities, numbers
+// that underflow (1e-320) and trailing text are refused with a message saying which.
+CLI::Validator number_in(double lo, double hi);
+CLI::Validator positive_at_most(double max);
+
 // -m MODEL: given, else $VMOE_MODEL, else the bundled default next to the binary.
 std::string resolve_model_path(const std::string& given);
 void add_model_option(CLI::App& app, std::string& model);
@@ -51,5 +56,14 @@ struct RoutingFlags {
   RoutingOverrides overrides() const;
 };
 void add_routing_options(CLI::App& app, RoutingFlags& flags, bool with_capacity_factor = true);
+// The model's routing with the flags applied and checked against the model (tokens per
+// group, capacity): a problem is the flags' fault, so it is a UsageError (exit 2).
+MoeConfig checked_routing(const ModelConfig& model, const RoutingFlags& flags);
+
+// SIGINT/SIGTERM/SIGHUP: remove the temporary files being written, then die of the
+// signal as usual. Installed by main for every command.
+void install_cleanup_on_signals();
+// The same handler, for commands with their own SIGINT handling (train's second Ctrl-C).
+void cleanup_and_die(int signal);
 
 }  // namespace vmoe::cli

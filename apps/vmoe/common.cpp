@@ -1,37 +1,78 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
+
+#include <fmt/format.h>
 
 #include "commands.hpp"
+#include "io/atomic_file.hpp"
+#include "core/error.hpp"
 
 namespace vmoe::cli {
 
 namespace fs = std::filesystem;
 
 namespace {
-CLI::Validator number_check(bool allow_zero) {
+
+// Parses a whole decimal number; on failure returns why (for the CLI's one-line message).
+std::string parse_number(const std::string& text, double& value) {
+  if (text.empty() || std::isspace(static_cast<unsigned char>(text[0]))) return "not a number: \"" + text + "\"";
+  errno = 0;
+  char* end = nullptr;
+  value = std::strtod(text.c_str(), &end);
+  if (end == text.c_str() || *end != '\0') return "not a number: \"" + text + "\"";
+  if (std::isnan(value) || std::isinf(value)) return "must be a finite number, got " + text;
+  if (errno == ERANGE) {
+    if (std::fabs(value) <= std::numeric_limits<double>::min())  // underflow: subnormal or zero
+      return text + " is too close to zero to be represented exactly (smallest accepted magnitude 2.2e-308)";
+    return text + " is out of the range of a double";
+  }
+  return "";
+}
+
+CLI::Validator number_check(bool allow_zero, double max) {
   return CLI::Validator(
-      [allow_zero](std::string& text) -> std::string {
+      [allow_zero, max](std::string& text) -> std::string {
         double value = 0;
-        try {
-          size_t used = 0;
-          value = std::stod(text, &used);
-          if (used != text.size()) return "not a number: " + text;
-        } catch (const std::exception&) {
-          return "not a number: " + text;
-        }
+        if (std::string why = parse_number(text, value); !why.empty()) return why;
         if (!(value > 0 || (allow_zero && value == 0)))
           return (allow_zero ? "must not be negative, got " : "must be positive, got ") + text;
+        if (value > max) return fmt::format("must be at most {}, got {}", max, text);
         return "";
       },
       allow_zero ? "NUMBER>=0" : "NUMBER>0");
 }
 }  // namespace
 
-const CLI::Validator kPositive = number_check(false);
-const CLI::Validator kNonNegative = number_check(true);
+const CLI::Validator kPositive = number_check(false, std::numeric_limits<double>::max());
+const CLI::Validator kNonNegative = number_check(true, std::numeric_limits<double>::max());
+
+CLI::Validator number_in(double lo, double hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        double value = 0;
+        if (std::string why = parse_number(text, value); !why.empty()) return why;
+        if (value < lo || value > hi) return fmt::format("must be in [{}, {}], got {}", lo, hi, text);
+        return "";
+      },
+      fmt::format("NUMBER in [{}, {}]", lo, hi));
+}
+
+CLI::Validator positive_at_most(double max) { return number_check(false, max); }
+
+MoeConfig checked_routing(const ModelConfig& model, const RoutingFlags& flags) {
+  try {
+    return apply_overrides(model, flags.overrides());
+  } catch (const Error& e) {
+    throw UsageError(e.what());  // the flags asked for it: bad usage
+  }
+}
 
 std::string resolve_model_path(const std::string& given) {
   if (!given.empty()) return given;
@@ -83,11 +124,25 @@ RoutingOverrides RoutingFlags::overrides() const {
 void add_routing_options(CLI::App& app, RoutingFlags& flags, bool with_capacity_factor) {
   if (with_capacity_factor)
     app.add_option("--capacity-factor", flags.capacity_factor, "expert capacity factor (overrides the model's)")
-        ->check(kPositive);
+        ->check(positive_at_most(kMaxCapacityFactor));
   app.add_option("--routing", flags.routing, "bpr (batch priority) or vanilla (token order)")
       ->check(CLI::IsMember({"bpr", "vanilla"}));
   app.add_option("--group-images", flags.group_images, "images routed together in one group (default: model's, 1)")
-      ->check(kPositive);
+      ->check(CLI::Range(1LL, kMaxGroupTokens));
+}
+
+}  // namespace vmoe::cli
+
+namespace vmoe::cli {
+
+void cleanup_and_die(int signal) {
+  remove_temp_files_now();  // async-signal-safe: unlink() of fixed paths
+  std::signal(signal, SIG_DFL);
+  std::raise(signal);  // the usual death (exit status 128 + signal for the shell)
+}
+
+void install_cleanup_on_signals() {
+  for (int s : {SIGINT, SIGTERM, SIGHUP}) std::signal(s, cleanup_and_die);
 }
 
 }  // namespace vmoe::cli

@@ -77,8 +77,9 @@ Run add_eval(CLI::App& root) {
   app->add_option("--threads", args->threads, "OpenMP threads (default: all cores)")->check(CLI::Range(1, 1024));
   app->add_option("--format", args->format, "text, csv (one header line + one row) or json")
       ->check(CLI::IsMember({"text", "csv", "json"}));
-  auto* merge = app->add_option("--merge", args->merge, "merge the JSON results of shards (vmoe eval --shard ... --format json)")
-                    ->check(CLI::ExistingFile);
+  // No CLI::ExistingFile: it opens the file to check it, which blocks on a FIFO;
+  // read_eval_json checks the type first and names a missing file itself.
+  auto* merge = app->add_option("--merge", args->merge, "merge the JSON results of shards (vmoe eval --shard ... --format json)");
   merge->excludes(data);
   return [args] {
     if (!args->merge.empty()) {
@@ -100,6 +101,7 @@ Run add_eval(CLI::App& root) {
     Model model = load_model(path);
     apply_resize_override(model, args->resize);
     Engine engine(model);
+    if (model.config.moe) checked_routing(model.config, args->routing);
     engine.set_routing(args->routing.overrides());
     const Dataset dataset = load_dataset(args->data, args->data_dir);
     if (isatty(STDERR_FILENO)) options.progress = progress_bar;

@@ -30,9 +30,9 @@ Run add_info(CLI::App& root) {
     Model model = load_model(path);
     const ModelConfig& c = model.config;
     std::optional<MoeConfig> routing;
-    if (c.moe) routing = apply_overrides(*c.moe, args->routing.overrides());
+    if (c.moe) routing = checked_routing(c, args->routing);
     const ModelCost cost = model_cost(c, routing ? &*routing : nullptr);
-    const int S = c.num_tokens() * (routing ? routing->group_images : 1);
+    const int64_t S = int64_t{c.num_tokens()} * (routing ? routing->group_images : 1);  // <= kMaxGroupTokens
     nlohmann::json layers = nlohmann::json::array();
     if (routing) {
       const MoeConfig& m = *routing;

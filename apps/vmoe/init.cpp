@@ -2,6 +2,8 @@
 #include <fmt/core.h>
 
 #include "commands.hpp"
+#include "core/error.hpp"
+#include "io/input_file.hpp"
 #include "model/architectures.hpp"
 
 namespace vmoe::cli {
@@ -27,7 +29,14 @@ Run add_init(CLI::App& root) {
       return;
     }
     if (args->arch.empty() || args->output.empty()) throw UsageError("init needs --arch NAME and -o FILE (or --list)");
-    const Architecture& arch = find_architecture(args->arch);
+    const Architecture* found = nullptr;
+    try {
+      found = &find_architecture(args->arch);
+    } catch (const Error& e) {
+      throw UsageError(e.what());  // a name given on the command line: bad usage
+    }
+    const Architecture& arch = *found;
+    check_output_path(args->output, "model");  // before the work, not after it
     Model model = init_model(arch.config, args->seed);
     save_model(model, args->output);
     fmt::print(stderr, "wrote {} ({}, {} parameters, seed {}, untrained)\n", args->output, arch.name, count_params(model),

@@ -15,6 +15,7 @@
 #include "commands.hpp"
 #include "core/error.hpp"
 #include "io/config_json.hpp"
+#include "io/input_file.hpp"
 #include "model/architectures.hpp"
 #include "train/trainer.hpp"
 
@@ -24,9 +25,9 @@ namespace {
 
 std::atomic<bool> g_stop{false};  // set by SIGINT: stop between steps, keep the last checkpoint
 
-void on_interrupt(int) {
+void on_interrupt(int signal) {
+  if (g_stop) cleanup_and_die(signal);  // a second Ctrl-C ends the process at once, temp files removed
   g_stop = true;
-  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
 }
 
 struct TrainArgs {
@@ -41,7 +42,12 @@ struct TrainArgs {
 };
 
 ModelConfig build_config(const TrainArgs& a) {
-  ModelConfig c = find_architecture(a.arch).config;
+  ModelConfig c;
+  try {
+    c = find_architecture(a.arch).config;
+  } catch (const Error& e) {
+    throw UsageError(e.what());
+  }
   if (a.hidden) c.hidden_size = *a.hidden;
   if (a.layers) c.num_layers = *a.layers;
   if (a.heads) c.num_heads = *a.heads;
@@ -150,15 +156,16 @@ Run add_train(CLI::App& root) {
   app->add_option("-o,--output", a->output, "model file written after every epoch (state in MODEL.train)")->required();
   app->add_option("--resume", a->resume, "continue the run whose state file is MODEL.train");
   app->add_option("--init-from", a->init_from, "start from this model file's weights (fresh optimizer and schedule)");
-  app->add_option("--epochs", s.epochs, "epochs")->check(CLI::Range(1, 100000));
-  app->add_option("--batch", s.batch, "images per step")->check(CLI::Range(1, 65536));
-  app->add_option("--lr", s.lr, "peak learning rate")->check(kPositive);
-  app->add_option("--warmup-epochs", s.warmup_epochs, "linear warm-up length")->check(kNonNegative);
-  app->add_option("--weight-decay", s.weight_decay, "AdamW decoupled weight decay")->check(kNonNegative);
-  app->add_option("--clip", s.clip_norm, "gradient clipping global norm (0: off)")->check(kNonNegative);
-  app->add_option("--label-smoothing", s.label_smoothing, "label smoothing")->check(CLI::Range(0.0, 0.99));
-  app->add_option("--importance-weight", s.importance_weight, "importance loss weight")->check(kNonNegative);
-  app->add_option("--load-weight", s.load_weight, "load loss weight")->check(kNonNegative);
+  // The same ranges as a resumed state is checked against (train/trainer.cpp).
+  app->add_option("--epochs", s.epochs, "epochs")->check(CLI::Range(1, train::kMaxEpochs));
+  app->add_option("--batch", s.batch, "images per step")->check(CLI::Range(1, train::kMaxBatch));
+  app->add_option("--lr", s.lr, "peak learning rate")->check(positive_at_most(1e3));
+  app->add_option("--warmup-epochs", s.warmup_epochs, "linear warm-up length")->check(number_in(0, train::kMaxEpochs));
+  app->add_option("--weight-decay", s.weight_decay, "AdamW decoupled weight decay")->check(number_in(0, 1e3));
+  app->add_option("--clip", s.clip_norm, "gradient clipping global norm (0: off)")->check(number_in(0, 1e12));
+  app->add_option("--label-smoothing", s.label_smoothing, "label smoothing")->check(number_in(0.0, 0.99));
+  app->add_option("--importance-weight", s.importance_weight, "importance loss weight")->check(number_in(0, 1e6));
+  app->add_option("--load-weight", s.load_weight, "load loss weight")->check(number_in(0, 1e6));
   app->add_flag("--no-augment", a->no_augment, "no random crop / flip");
   app->add_option("--crop-padding", s.crop_padding, "random crop padding in pixels")->check(CLI::Range(0, 64));
   app->add_option("--seed", s.seed, "seed: same seed, same run");
@@ -170,12 +177,13 @@ Run add_train(CLI::App& root) {
   app->add_option("--experts", a->experts, "experts per MoE layer")->check(CLI::Range(1, 4096));
   app->add_option("--k", a->k, "experts per token (top-k)")->check(CLI::Range(1, 4096));
   app->add_option("--slots", a->slots, "Soft-MoE slots per expert")->check(CLI::Range(1, 4096));
-  app->add_option("--capacity-factor", a->capacity_factor, "expert capacity factor")->check(kPositive);
-  app->add_option("--noise-std", a->noise_std, "router noise std (times 1/E)")->check(kNonNegative);
-  app->add_option("--group-images", a->group_images, "images routed together")->check(kPositive);
+  app->add_option("--capacity-factor", a->capacity_factor, "expert capacity factor")
+      ->check(positive_at_most(kMaxCapacityFactor));
+  app->add_option("--noise-std", a->noise_std, "router noise std (times 1/E)")->check(number_in(0, 1e6));
+  app->add_option("--group-images", a->group_images, "images routed together")->check(CLI::Range(1LL, kMaxGroupTokens));
   app->add_option("--soft-scale-init", a->soft_scale_init,
                   "initial Soft-MoE logit scale (default sqrt(D); logits are scale * cosine, and the reference code's 1 leaves dispatch near uniform)")
-      ->check(kPositive);
+      ->check(positive_at_most(1e6));
   app->add_option("--moe-layers", a->moe_layers, "blocks with MoE MLPs, e.g. 1,3,5")->delimiter(',');
   app->add_option("--mlp-dim", a->mlp_dim, "MLP (expert) hidden size")->check(CLI::Range(1, 1 << 16));
   app->add_option("--hidden", a->hidden, "hidden size D")->check(CLI::Range(1, 1 << 14));
@@ -205,6 +213,9 @@ Run add_train(CLI::App& root) {
     };
     std::signal(SIGINT, on_interrupt);
     if (!a->resume.empty() && !a->init_from.empty()) throw UsageError("give --resume or --init-from, not both");
+    // Refuse a device, FIFO, symlink or directory as output now, not after an epoch.
+    check_output_path(a->output, "model");
+    check_output_path(a->output + ".train", "training state");
     if (!a->init_from.empty()) {
       train::train_model(initial_from_file(*a), a->settings, a->output, callbacks);
     } else if (!a->resume.empty()) {

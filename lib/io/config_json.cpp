@@ -1,5 +1,6 @@
 #include "io/config_json.hpp"
 
+#include <cmath>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -47,6 +48,26 @@ int get_int(const json& object, const char* key, int fallback, const std::string
   return static_cast<int>(v);
 }
 
+// An integer array, each element range-checked like get_int (no silent truncation).
+std::vector<int> get_int_array(const json& object, const char* key, const std::string& where, bool required) {
+  const std::string name = (where.empty() ? "" : where + ".") + key;
+  auto it = object.find(key);
+  if (it == object.end() || it->is_null()) {
+    if (required) fail("config: missing required key \"{}\"", name);
+    return {};
+  }
+  if (!it->is_array()) fail("config: \"{}\" must be an array of integers", name);
+  if (it->size() > 4096) fail("config: \"{}\" has {} elements, more than 4096", name, it->size());
+  std::vector<int> out;
+  for (const json& v : *it) {
+    if (!v.is_number_integer()) fail("config: \"{}\" must be an array of integers", name);
+    const long long x = v.get<long long>();
+    if (x < -(1LL << 30) || x > (1LL << 30)) fail("config: \"{}\" holds {}, which is out of range", name, x);
+    out.push_back(static_cast<int>(x));
+  }
+  return out;
+}
+
 template <typename Enum>
 Enum get_enum(const json& object, const char* key, Enum fallback, const std::string& where,
               std::initializer_list<std::pair<const char*, Enum>> names) {
@@ -87,14 +108,16 @@ ModelConfig parse_config_json(const std::string& text) {
   c.image.resize_small = get_int(im, "resize_small", 256, "image");
   auto range = get_or<std::vector<double>>(im, "value_range", {-1.0, 1.0}, "image");
   if (range.size() != 2) fail("config: image.value_range must have two numbers");
+  for (double v : range)  // checked before narrowing to float, where 1e300 would not fit
+    if (!std::isfinite(v) || std::fabs(v) > kMaxValueRange)
+      fail("config: image.value_range [{}, {}] must hold finite numbers within +-{}", range[0], range[1], kMaxValueRange);
   c.image.value_min = static_cast<float>(range[0]);
   c.image.value_max = static_cast<float>(range[1]);
 
-  if (!j.contains("patch") || !j["patch"].is_array() || j["patch"].size() != 2 || !j["patch"][0].is_number_integer() ||
-      !j["patch"][1].is_number_integer())
-    fail("config: \"patch\" must be [height, width]");
-  c.patch_h = j["patch"][0].get<int>();
-  c.patch_w = j["patch"][1].get<int>();
+  const std::vector<int> patch = get_int_array(j, "patch", "", true);
+  if (patch.size() != 2) fail("config: \"patch\" must be [height, width]");
+  c.patch_h = patch[0];
+  c.patch_w = patch[1];
   c.hidden_size = get_int(j, "hidden_size", 0, "", true);
   c.num_layers = get_int(j, "num_layers", 0, "", true);
   c.num_heads = get_int(j, "num_heads", 0, "", true);
@@ -114,7 +137,7 @@ ModelConfig parse_config_json(const std::string& text) {
                             "capacity_multiple_of", "batch_priority", "group_images", "noise_std", "slots_per_expert"},
                         "moe");
     MoeConfig moe;
-    moe.layers = get_required<std::vector<int>>(m, "layers", "moe");
+    moe.layers = get_int_array(m, "layers", "moe", true);
     moe.router = get_enum(m, "router", RouterKind::top_k, "moe",
                           {{"top_k", RouterKind::top_k}, {"experts_choice", RouterKind::experts_choice}, {"soft", RouterKind::soft}});
     moe.num_experts = get_int(m, "num_experts", moe.num_experts, "moe");

@@ -1,5 +1,6 @@
 #include "io/dataset.hpp"
 
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 
 #include "core/error.hpp"
 #include "io/image.hpp"
+#include "io/input_file.hpp"
 
 namespace vmoe {
 
@@ -26,11 +28,12 @@ constexpr int64_t kMaxIdxBytes = int64_t{1} << 36;  // refuse headers that promi
 class GzReader {
  public:
   explicit GzReader(const std::string& path) : path_(path) {
-    std::error_code ec;
-    if (!fs::exists(path, ec)) fail("{}: no such file", path);
-    if (fs::is_directory(path, ec)) fail("{}: is a directory, expected an IDX file", path);
-    file_ = gzopen(path.c_str(), "rb");
-    if (!file_) fail("{}: cannot open", path);
+    const int fd = open_input_file(path, "IDX file");  // a FIFO or device is refused, never waited on
+    file_ = gzdopen(fd, "rb");
+    if (!file_) {
+      ::close(fd);
+      fail("{}: cannot open", path);
+    }
   }
   ~GzReader() {
     if (file_) gzclose(file_);
@@ -167,7 +170,14 @@ Dataset load_folder(const std::string& spec) {
           if (it->is_directory()) it.disable_recursion_pending();
           continue;
         }
-        if (!it->is_directory()) files.push_back(it->path());
+        if (it->is_directory()) continue;
+        // Only regular files are opened: a FIFO or device in a class folder would block or never end.
+        std::error_code type_ec;
+        const fs::file_status st = fs::status(it->path(), type_ec);
+        if (!fs::is_regular_file(st))
+          fail("{}: is {}, not an image file (class folders may hold only images)", it->path().string(),
+               type_ec ? "unreadable" : fs::is_fifo(st) ? "a FIFO" : fs::is_character_file(st) || fs::is_block_file(st) ? "a device" : fs::is_socket(st) ? "a socket" : "not a regular file");
+        files.push_back(it->path());
       }
     } catch (const fs::filesystem_error& e) {
       fail("{}: cannot list the folder ({})", classes[c].string(), e.code().message());

@@ -1,13 +1,19 @@
 #include "io/image.hpp"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 
+#include <opencv2/core/utils/logger.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
 #include "core/error.hpp"
+#include "io/input_file.hpp"
 
 namespace vmoe {
 namespace {
@@ -69,7 +75,159 @@ void to_floats(float* out, const cv::Mat& img, const ImageConfig& image) {
   }
 }
 
+// OpenCV's decoders (libpng, libjpeg, libtiff, ...) print warnings and errors to stderr
+// themselves, several lines at a time. While one decodes, fd 2 points at an in-memory
+// file; what they said becomes part of our one-line error, or is dropped when the image
+// decoded fine. One decode at a time: fd 2 belongs to the whole process.
+class DecoderMessages {
+ public:
+  DecoderMessages() : lock_(mutex()) {
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    memory_ = ::memfd_create("vmoe-decoder-messages", MFD_CLOEXEC);
+    if (saved_ >= 0 && memory_ >= 0) ::dup2(memory_, 2);
+  }
+  ~DecoderMessages() { restore(); }
+  DecoderMessages(const DecoderMessages&) = delete;
+  DecoderMessages& operator=(const DecoderMessages&) = delete;
+
+  // Puts stderr back and returns what was printed meanwhile (at most 4 KiB).
+  std::string finish() {
+    std::fflush(stderr);
+    std::string text;
+    if (memory_ >= 0) {
+      char buffer[4096];
+      const ssize_t got = ::pread(memory_, buffer, sizeof buffer, 0);
+      if (got > 0) text.assign(buffer, static_cast<size_t>(got));
+    }
+    restore();
+    return text;
+  }
+
+ private:
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  void restore() {
+    if (saved_ >= 0) {
+      ::dup2(saved_, 2);
+      ::close(saved_);
+      saved_ = -1;
+    }
+    if (memory_ >= 0) {
+      ::close(memory_);
+      memory_ = -1;
+    }
+  }
+  std::lock_guard<std::mutex> lock_;
+  int saved_ = -1, memory_ = -1;
+};
+
+// The first line a decoder printed, without the library's own prefix noise.
+std::string first_line(const std::string& text) {
+  size_t start = text.find_first_not_of(" \t\r\n");
+  if (start == std::string::npos) return "";
+  size_t end = text.find_first_of("\r\n", start);
+  return text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+}
+
+void silence_opencv_logging() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_SILENT);
+    cv::redirectError([](int, const char*, const char*, const char*, int, void*) { return 0; });
+  });
+}
+
+// Width and height from the header of the formats whose decoders allocate before they
+// check anything (PNG IHDR, JPEG SOFn, BMP, PNM); false when the format is another one.
+bool header_size(const std::string& bytes, uint64_t& width, uint64_t& height) {
+  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t n = bytes.size();
+  auto be32 = [&](size_t i) { return (uint64_t{b[i]} << 24) | (uint64_t{b[i + 1]} << 16) | (uint64_t{b[i + 2]} << 8) | b[i + 3]; };
+  auto be16 = [&](size_t i) { return (uint64_t{b[i]} << 8) | b[i + 1]; };
+  auto le32 = [&](size_t i) { return uint64_t{b[i]} | (uint64_t{b[i + 1]} << 8) | (uint64_t{b[i + 2]} << 16) | (uint64_t{b[i + 3]} << 24); };
+  if (n >= 24 && std::memcmp(b, "\x89PNG\r\n\x1a\n", 8) == 0 && std::memcmp(b + 12, "IHDR", 4) == 0) {
+    width = be32(16), height = be32(20);
+    return true;
+  }
+  if (n >= 4 && b[0] == 0xFF && b[1] == 0xD8) {  // JPEG: walk the markers up to the first SOFn
+    size_t i = 2;
+    while (i + 4 <= n) {
+      if (b[i] != 0xFF) return false;
+      const unsigned marker = b[i + 1];
+      if (marker == 0xFF) { ++i; continue; }
+      if (marker == 0xD8 || (marker >= 0xD0 && marker <= 0xD7) || marker == 0x01) { i += 2; continue; }
+      const uint64_t length = be16(i + 2);
+      const bool sof = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+      if (sof) {
+        if (i + 9 > n) return false;
+        height = be16(i + 5), width = be16(i + 7);
+        return true;
+      }
+      i += 2 + length;
+    }
+    return false;
+  }
+  if (n >= 26 && b[0] == 'B' && b[1] == 'M') {
+    const int64_t w = static_cast<int32_t>(le32(18)), h = static_cast<int32_t>(le32(22));
+    width = static_cast<uint64_t>(w < 0 ? -w : w), height = static_cast<uint64_t>(h < 0 ? -h : h);
+    return true;
+  }
+  if (n >= 3 && b[0] == 'P' && b[1] >= '1' && b[1] <= '6') {  // PNM: magic, then width and height (comments allowed)
+    uint64_t values[2] = {0, 0};
+    size_t i = 2;
+    for (uint64_t& v : values) {
+      while (i < n && (std::isspace(b[i]) || b[i] == '#')) {
+        if (b[i] == '#') while (i < n && b[i] != '\n') ++i;
+        else ++i;
+      }
+      if (i >= n || !std::isdigit(b[i])) return false;
+      while (i < n && std::isdigit(b[i]) && v < (uint64_t{1} << 40)) v = v * 10 + (b[i++] - '0');
+    }
+    width = values[0], height = values[1];
+    return true;
+  }
+  return false;
+}
+
 }  // namespace
+
+cv::Mat decode_image(const std::string& bytes, const std::string& what) {
+  silence_opencv_logging();
+  if (bytes.empty()) fail("{}: empty file, not an image", what);
+  uint64_t width = 0, height = 0;
+  if (header_size(bytes, width, height) &&
+      (width > kMaxDecodedSide || height > kMaxDecodedSide || width * height > kMaxImagePixels))
+    fail("{}: image header says {}x{} pixels, more than the limit of {} pixels ({} per side)", what, width, height,
+         kMaxImagePixels, kMaxDecodedSide);
+  cv::Mat decoded;
+  std::string said, exception;
+  {
+    DecoderMessages messages;
+    try {
+      const cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data()));
+      decoded = cv::imdecode(raw, cv::IMREAD_UNCHANGED);
+    } catch (const cv::Exception& e) {
+      exception = e.err.empty() ? e.what() : e.err;
+    } catch (const std::exception& e) {
+      exception = e.what();
+    }
+    said = first_line(messages.finish());
+  }
+  if (!exception.empty()) fail("{}: cannot decode image ({})", what, first_line(exception));
+  if (decoded.empty()) {
+    if (!said.empty()) fail("{}: cannot decode image ({})", what, said);
+    fail("{}: cannot decode image (corrupt, or not an image format OpenCV knows)", what);
+  }
+  // libjpeg decodes a cut-off file with grey rows and only a warning: that is corrupt.
+  if (said.find("Premature end") != std::string::npos || said.find("Corrupt") != std::string::npos)
+    fail("{}: truncated or corrupt image data ({})", what, said);
+  if (static_cast<uint64_t>(decoded.total()) > kMaxImagePixels)
+    fail("{}: image is {}x{} pixels, more than the limit of {}", what, decoded.cols, decoded.rows, kMaxImagePixels);
+  return decoded;
+}
 
 void preprocess_image(float* out, const unsigned char* pixels, int rows, int cols, int channels,
                       const ImageConfig& image, const std::string& what) {
@@ -81,16 +239,8 @@ void preprocess_image(float* out, const unsigned char* pixels, int rows, int col
 }
 
 void load_image(float* out, const std::string& path, const ImageConfig& image) {
-  // Check first: cv::imread would print a warning of its own for a missing file.
-  if (std::FILE* f = std::fopen(path.c_str(), "rb")) std::fclose(f);
-  else fail("{}: cannot open image ({})", path, std::strerror(errno));
-  cv::Mat decoded;
-  try {
-    decoded = cv::imread(path, cv::IMREAD_UNCHANGED);
-  } catch (const cv::Exception& e) {
-    fail("{}: cannot decode image ({})", path, e.what());
-  }
-  if (decoded.empty()) fail("{}: cannot read image (missing, unreadable or not an image format OpenCV knows)", path);
+  // Read it ourselves (a FIFO or device is refused, never waited on), then decode from memory.
+  cv::Mat decoded = decode_image(read_input_file(path, "image", kMaxImageFileBytes), path);
   if (decoded.depth() != CV_8U) {
     cv::Mat eight;
     double scale = decoded.depth() == CV_16U ? 1.0 / 257.0 : 1.0;

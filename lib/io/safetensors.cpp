@@ -13,6 +13,7 @@
 
 #include "core/error.hpp"
 #include "io/atomic_file.hpp"
+#include "io/input_file.hpp"
 
 namespace vmoe {
 namespace {
@@ -40,13 +41,9 @@ float half_to_float(uint16_t h) {
 }  // namespace
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) fail("cannot open model {}: {}", path, std::strerror(errno));
+  int fd = open_input_file(path, "model");  // a FIFO or device is refused, never waited on
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail("{}: not a regular file", path);
-  }
+  ::fstat(fd, &st);
   size_ = static_cast<size_t>(st.st_size);
   if (size_ < 8) {
     ::close(fd);

@@ -1,6 +1,8 @@
 #pragma once
 // Every hyper-parameter of a model, in one struct (DESIGN §3). Parsing and writing the
 // JSON form lives in io/config_json.
+#include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -34,6 +36,16 @@ struct MoeConfig {
   int slots_per_expert = 1;
 };
 
+// Limits on sizes (docs/RELIABILITY.md). Every size is computed in 64 bits and checked
+// against these before anything is allocated, so no product overflows an int later.
+inline constexpr long long kMaxImageSide = 16384;  // image.height, image.width, resize_small
+inline constexpr long long kMaxTokens = 1 << 16;  // tokens per image (patches + class token)
+inline constexpr long long kMaxGroupTokens = 1 << 18;  // tokens routed together (group_images x tokens)
+inline constexpr long long kMaxParams = 1LL << 30;  // parameters in a model (4 GiB as float32)
+inline constexpr double kMaxValueRange = 1e6;  // |image.value_range| bound
+inline constexpr double kMaxCapacityFactor = 4096;  // keeps every capacity below 2^30
+inline constexpr size_t kMaxLabelBytes = 256;
+
 struct ModelConfig {
   ImageConfig image;
   int patch_h = 4, patch_w = 4;
@@ -57,6 +69,7 @@ struct ModelConfig {
   int pooled_size() const { return representation_size.value_or(hidden_size); }
   bool is_moe_layer(int block) const;
   std::string label(int index) const;  // falls back to "class_<i>"
+  int64_t param_count() const;  // every weight the config implies, in 64 bits
 
   void validate() const;  // throws vmoe::Error naming the offending field
 };
@@ -73,5 +86,10 @@ struct RoutingOverrides {
   std::optional<int> group_images;
 };
 MoeConfig apply_overrides(MoeConfig moe, const RoutingOverrides& o);
+// The same for the model's own MoE config, checking the result against the model
+// (tokens per group, capacity range): throws vmoe::Error naming the offending value.
+MoeConfig apply_overrides(const ModelConfig& model, const RoutingOverrides& o);
+// Throws unless `moe` (the model's or an overridden one) fits the limits for `model`.
+void check_routing(const ModelConfig& model, const MoeConfig& moe);
 
 }  // namespace vmoe

@@ -38,7 +38,7 @@ Engine::Engine(const Model& model) : model_(model) {
 
 void Engine::set_routing(const RoutingOverrides& overrides) {
   if (!model_.config.moe) return;
-  routing_ = apply_overrides(*model_.config.moe, overrides);
+  routing_ = apply_overrides(model_.config, overrides);
 }
 
 // x (B*T, D): row b*T + 0 is cls + pos[0] (token classifier), the rest

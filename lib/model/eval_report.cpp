@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "core/error.hpp"
+#include "io/input_file.hpp"
 
 namespace vmoe {
 
@@ -140,11 +141,10 @@ EvalResult eval_from_json(const nlohmann::json& j, const std::string& what) {
 }
 
 EvalResult read_eval_json(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail("{}: cannot open", path);
+  const std::string text = read_input_file(path, "result file", uint64_t{1} << 30);
   nlohmann::json j;
   try {
-    in >> j;
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     fail("{}: not valid JSON ({})", path, e.what());
   }

@@ -1,6 +1,10 @@
 #include "train/trainer.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cmath>
+#include <memory>
 #include <chrono>
 #include <cstring>
 #include <numeric>
@@ -43,26 +47,59 @@ json settings_to_json(const TrainSettings& s) {
           {"test_limit", s.test_limit}};
 }
 
+// Checked reads of the run metadata: every number must have the right type and lie in
+// the range the CLI accepts, so a hand-edited or corrupt state cannot start a nonsense run.
+int64_t int_in(const json& j, const char* key, int64_t lo, int64_t hi) {
+  const json& v = j.at(key);
+  if (!v.is_number_integer()) fail("\"{}\" must be an integer", key);
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(hi))
+    fail("\"{}\" = {} is outside [{}, {}]", key, v.get<uint64_t>(), lo, hi);
+  const int64_t x = v.get<int64_t>();
+  if (x < lo || x > hi) fail("\"{}\" = {} is outside [{}, {}]", key, x, lo, hi);
+  return x;
+}
+double real_in(const json& j, const char* key, double lo, double hi, bool open_below = false) {
+  const json& v = j.at(key);
+  if (!v.is_number()) fail("\"{}\" must be a number", key);
+  const double x = v.get<double>();
+  if (!std::isfinite(x) || x < lo || x > hi || (open_below && x == lo))
+    fail("\"{}\" = {} is outside {}{}, {}]", key, x, open_below ? "(" : "[", lo, hi);
+  return x;
+}
+std::string text_of(const json& j, const char* key) {
+  const json& v = j.at(key);
+  if (!v.is_string()) fail("\"{}\" must be a string", key);
+  return v.get<std::string>();
+}
+bool flag_of(const json& j, const char* key) {
+  const json& v = j.at(key);
+  if (!v.is_boolean()) fail("\"{}\" must be true or false", key);
+  return v.get<bool>();
+}
+
 TrainSettings settings_from_json(const json& j) {
+  if (!j.is_object()) fail("\"settings\" must be an object");
   TrainSettings s;
-  s.data = j.at("data");
-  s.test_data = j.at("test_data");
-  s.data_dir = j.at("data_dir");
-  s.epochs = j.at("epochs");
-  s.batch = j.at("batch");
-  s.lr = j.at("lr");
-  s.warmup_epochs = j.at("warmup_epochs");
-  s.weight_decay = j.at("weight_decay");
-  s.clip_norm = j.at("clip_norm");
-  s.label_smoothing = j.at("label_smoothing");
-  s.importance_weight = j.at("importance_weight");
-  s.load_weight = j.at("load_weight");
-  s.augment = j.at("augment");
-  s.crop_padding = j.at("crop_padding");
-  s.flip = j.at("flip");
-  s.seed = j.at("seed");
-  s.limit = j.at("limit");
-  s.test_limit = j.at("test_limit");
+  s.data = text_of(j, "data");
+  s.test_data = text_of(j, "test_data");
+  s.data_dir = text_of(j, "data_dir");
+  s.epochs = static_cast<int>(int_in(j, "epochs", 1, kMaxEpochs));
+  s.batch = static_cast<int>(int_in(j, "batch", 1, kMaxBatch));
+  s.lr = real_in(j, "lr", 0, 1e3, true);
+  s.warmup_epochs = real_in(j, "warmup_epochs", 0, kMaxEpochs);
+  s.weight_decay = real_in(j, "weight_decay", 0, 1e3);
+  s.clip_norm = real_in(j, "clip_norm", 0, 1e12);
+  s.label_smoothing = real_in(j, "label_smoothing", 0, 0.99);
+  s.importance_weight = real_in(j, "importance_weight", 0, 1e6);
+  s.load_weight = real_in(j, "load_weight", 0, 1e6);
+  s.augment = flag_of(j, "augment");
+  s.crop_padding = static_cast<int>(int_in(j, "crop_padding", 0, 64));
+  s.flip = flag_of(j, "flip");
+  if (!j.at("seed").is_number_unsigned()) fail("\"seed\" must be a non-negative integer");
+  s.seed = j.at("seed").get<uint64_t>();
+  s.limit = int_in(j, "limit", -1, int64_t{1} << 40);
+  s.test_limit = int_in(j, "test_limit", -1, int64_t{1} << 40);
+  if (s.limit == 0 || s.test_limit == 0) fail("\"limit\" and \"test_limit\" must be -1 (all) or positive");
   return s;
 }
 
@@ -92,6 +129,17 @@ void augment_image(float* dst, const float* src, int H, int W, int C, int dx, in
     }
 }
 
+// Weights, gradients and the two AdamW moments are four float32 copies of the model:
+// refuse, with one line, a model whose copies alone do not fit in the machine's memory.
+void check_training_memory(const ModelConfig& c) {
+  const double need = 16.0 * static_cast<double>(c.param_count());
+  const double have = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+  if (have > 0 && need > have)
+    fail("training this model needs at least {:.1f} GiB (weights, gradients and AdamW moments: 16 bytes for each of "
+         "its {} parameters) but the machine has {:.1f} GiB",
+         need / (1 << 30), c.param_count(), have / (1 << 30));
+}
+
 std::string default_test_split(const TrainSettings& s) {
   if (!s.test_data.empty()) return s.test_data == "none" ? "" : s.test_data;
   return s.data == "fashion-mnist:train" ? "fashion-mnist:test" : "";
@@ -102,6 +150,7 @@ std::vector<EpochReport> run(Model& model, AdamW& optimizer, const TrainSettings
   const ModelConfig& c = model.config;
   if (settings.batch <= 0) fail("training batch must be positive");
   if (settings.epochs <= 0) fail("epochs must be positive");
+  check_training_memory(c);
   Dataset train = load_dataset(settings.data, settings.data_dir);
   const std::vector<int> class_map = map_dataset_classes(train.class_names, c);
   const int64_t n = settings.limit >= 0 ? std::min<int64_t>(settings.limit, train.size()) : train.size();
@@ -235,47 +284,57 @@ ModelConfig read_training_state_config(const std::string& path) {
   return parse_config_json(it->second);
 }
 
-std::vector<EpochReport> resume_training(const std::string& resume_path, const std::string& output,
-                                         const TrainCallbacks& callbacks) {
-  SafetensorsFile file(resume_path);
-  const ModelConfig config = read_training_state_config(resume_path);
-  json run_info;
+TrainingState read_training_state(const std::string& path) {
+  SafetensorsFile file(path);
+  auto config_it = file.metadata().find("vmoe.config");
+  auto run_it = file.metadata().find("vmoe.train");
+  if (config_it == file.metadata().end() || run_it == file.metadata().end())
+    fail("{}: not a vmoe training state (no vmoe.config / vmoe.train metadata)", path);
+  TrainingState state;
   try {
-    run_info = json::parse(file.metadata().at("vmoe.train"));
-  } catch (const std::exception& e) {
-    fail("{}: bad vmoe.train metadata ({})", resume_path, e.what());
+    state.config = parse_config_json(config_it->second);
+  } catch (const Error& e) {
+    fail("{}: {}", path, e.what());
   }
-  TrainSettings settings;
-  int epochs_done = 0;
-  int64_t step = 0;
   try {
-    settings = settings_from_json(run_info.at("settings"));
-    epochs_done = run_info.at("epochs_done");
-    step = run_info.at("step");
+    const json run_info = json::parse(run_it->second);
+    if (!run_info.is_object()) fail("not a JSON object");
+    state.settings = settings_from_json(run_info.at("settings"));
+    state.epochs_done = static_cast<int>(int_in(run_info, "epochs_done", 0, state.settings.epochs));
+    state.step = int_in(run_info, "step", 0, int64_t{1} << 40);
   } catch (const json::exception& e) {
-    fail("{}: incomplete vmoe.train metadata ({})", resume_path, e.what());
+    fail("{}: bad vmoe.train metadata ({})", path, e.what());
+  } catch (const Error& e) {
+    fail("{}: bad vmoe.train metadata: {}", path, e.what());
   }
-  Model model;
-  model.config = config;
-  model.params = allocate_params(config);
+  if ((state.step == 0) != (state.epochs_done == 0))
+    fail("{}: bad vmoe.train metadata: {} epochs done but step {}", path, state.epochs_done, state.step);
+  state.model.config = state.config;
+  state.model.params = allocate_params(state.config);
   AdamWConfig adam;
-  adam.weight_decay = static_cast<float>(settings.weight_decay);
-  AdamW optimizer(config, adam);
+  adam.weight_decay = static_cast<float>(state.settings.weight_decay);
+  state.optimizer = std::make_unique<AdamW>(state.config, adam);
   auto load_into = [&](VitParams& params, const std::string& prefix) {
-    for (ParamSlot& slot : param_slots(params, config)) {
+    for (ParamSlot& slot : param_slots(params, state.config)) {
       Tensor t = file.read_f32(prefix + slot.name);
       if (t.shape() != slot.shape)
-        fail("{}: tensor \"{}{}\" has shape {}, expected {}", resume_path, prefix, slot.name, shape_str(t.shape()),
+        fail("{}: tensor \"{}{}\" has shape {}, expected {}", path, prefix, slot.name, shape_str(t.shape()),
              shape_str(slot.shape));
       *slot.tensor = std::move(t);
     }
   };
-  load_into(model.params, "");
-  load_into(optimizer.first_moment(), "adam_m/");
-  load_into(optimizer.second_moment(), "adam_v/");
-  optimizer.set_steps(step);
-  if (epochs_done >= settings.epochs) return {};
-  return run(model, optimizer, settings, epochs_done, output, callbacks);
+  load_into(state.model.params, "");
+  load_into(state.optimizer->first_moment(), "adam_m/");
+  load_into(state.optimizer->second_moment(), "adam_v/");
+  state.optimizer->set_steps(state.step);
+  return state;
+}
+
+std::vector<EpochReport> resume_training(const std::string& resume_path, const std::string& output,
+                                         const TrainCallbacks& callbacks) {
+  TrainingState state = read_training_state(resume_path);
+  if (state.epochs_done >= state.settings.epochs) return {};
+  return run(state.model, *state.optimizer, state.settings, state.epochs_done, output, callbacks);
 }
 
 }  // namespace vmoe::train

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -67,5 +68,22 @@ std::vector<EpochReport> resume_training(const std::string& resume_path, const s
 
 // Reads a training state's model config (to check it against an --arch).
 ModelConfig read_training_state_config(const std::string& path);
+
+// Limits on a run (the CLI's and a resumed state's).
+inline constexpr int kMaxEpochs = 100000;
+inline constexpr int kMaxBatch = 65536;
+
+// Everything a resume needs, read from MODEL.train and checked: the config, the run's
+// settings (types and ranges as the CLI accepts them), progress (0 <= epochs_done <=
+// epochs, step >= 0) and every tensor. Throws vmoe::Error naming the first problem.
+struct TrainingState {
+  ModelConfig config;
+  TrainSettings settings;
+  int epochs_done = 0;
+  int64_t step = 0;
+  Model model;
+  std::unique_ptr<AdamW> optimizer;
+};
+TrainingState read_training_state(const std::string& path);
 
 }  // namespace vmoe::train

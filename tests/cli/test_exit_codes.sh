@@ -112,11 +112,141 @@ one_line_mentioning "missing model" "no-model.safetensors"
 run 1 "an image as the model" classify "$GOOD" -m "$GOOD"
 run 1 "info on a truncated model" info "$TRUNC"
 
-run nonzero "unknown architecture" init --arch nope -o "$WORK/x.safetensors"
+run 2 "unknown architecture" init --arch nope -o "$WORK/x.safetensors"
 for name in vmoe-s32 vmoe-b16 soft-s16 vit-fmnist vmoe-fmnist ec-fmnist softmoe-fmnist; do
   grep -qF "$name" "$ERR" || fail "unknown architecture: the message does not list $name"
 done
 [ ! -e "$WORK/x.safetensors" ] || fail "unknown architecture still wrote a file"
+
+# --- hostile input (issue 12): one line, exit 1 or 2, nothing left behind, never a hang ----
+# run_one CODE DESCRIPTION ARGS...: `run` plus exactly one line on stderr, no control characters.
+run_one() {
+  local code=$1 what=$2
+  shift 2
+  run "$code" "$what" "$@"
+  local lines
+  lines=$(wc -l <"$ERR")
+  [ "$lines" -eq 1 ] || fail "$what: expected one line on stderr, got $lines"
+  if LC_ALL=C grep -q $'[\x01-\x08\x0b-\x1f\x7f]' "$ERR"; then fail "$what: control characters on stderr"; fi
+}
+no_leftovers() {
+  local n
+  n=$(find "$WORK" -name '*.tmp.*' | wc -l)
+  [ "$n" -eq 0 ] || fail "$1: left $n temporary file(s): $(find "$WORK" -name '*.tmp.*' | head -3)"
+}
+
+# 1. sizes: tokens per group and a config that wrapped in 32 bits.
+run_one 2 "group images 1e9" classify "$GOOD" -m "$MODEL" --group-images 1000000000
+run_one 2 "group images times tokens" classify "$GOOD" -m "$MODEL" --group-images 100000
+run_one 2 "info: group images times tokens" info "$MODEL" --group-images 100000
+run_one 2 "eval: group images times tokens" eval -m "$MODEL" --data "$WORK" --group-images 200000
+# A model whose config says 5 x 858993469 with patch 1 (49 patches once wrapped).
+$PY - "$MODEL" "$WORK/wrapped.safetensors" <<'PYEOF'
+import json, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+data = open(src, "rb").read()
+n = struct.unpack("<Q", data[:8])[0]
+header = json.loads(data[8:8 + n])
+config = json.loads(header["__metadata__"]["vmoe.config"])
+config["image"]["height"], config["image"]["width"], config["patch"] = 5, 858993469, [1, 1]
+header["__metadata__"]["vmoe.config"] = json.dumps(config)
+text = json.dumps(header).encode()
+open(dst, "wb").write(struct.pack("<Q", len(text)) + text + data[8 + n:])
+PYEOF
+run_one 1 "config image 5x858993469 patch 1" info "$WORK/wrapped.safetensors"
+grep -qF "more than the limit" "$ERR" || fail "wrapped config: the message does not state the limit"
+
+# 2. -o over a symlink, a FIFO, a directory: refused, the target untouched.
+ln -s "$GOOD" "$WORK/link.safetensors"
+mkfifo "$WORK/out.fifo"
+mkdir -p "$WORK/out.dir"
+run_one 1 "init -o a symlink" init --arch vit-fmnist -o "$WORK/link.safetensors"
+[ -L "$WORK/link.safetensors" ] || fail "init replaced the symlink"
+run_one 1 "init -o a FIFO" init --arch vit-fmnist -o "$WORK/out.fifo"
+[ -p "$WORK/out.fifo" ] || fail "init replaced the FIFO"
+run_one 1 "init -o a directory" init --arch vit-fmnist -o "$WORK/out.dir"
+run_one 1 "train -o a FIFO" train --arch vit-fmnist -o "$WORK/out.fifo" --epochs 1 --limit 8 --batch 8
+no_leftovers "refused outputs"
+
+# 3. temporary files: a dead process's NAME.tmp.PID is removed by the next write, and
+# SIGTERM in the middle of writing removes ours.
+sh -c 'exit 0' &
+deadpid=$!
+wait $deadpid
+printf 'partial' >"$WORK/m3.safetensors.tmp.$deadpid"
+run 0 "init over a stale temporary file" init --arch vit-fmnist -o "$WORK/m3.safetensors"
+[ ! -e "$WORK/m3.safetensors.tmp.$deadpid" ] || fail "the stale temporary file of dead process $deadpid is still there"
+"$VMOE" init --arch vmoe-s32 -o "$WORK/big.safetensors" 2>"$ERR" &
+pid=$!
+seen=no
+for _ in $(seq 1 3000); do
+  if compgen -G "$WORK/big.safetensors.tmp.*" >/dev/null; then seen=yes; break; fi
+  kill -0 $pid 2>/dev/null || break
+  sleep 0.01
+done
+kill -TERM $pid 2>/dev/null
+wait $pid
+code=$?
+if [ "$seen" = yes ]; then
+  [ "$code" -eq 143 ] || fail "SIGTERM while writing: exit $code, expected 143"
+  [ ! -e "$WORK/big.safetensors" ] || fail "SIGTERM while writing left a (partial?) model"
+  echo "ok: SIGTERM while writing (exit $code)"
+else
+  echo "note: the temporary file was never seen (write too fast); checked only that none is left"
+fi
+no_leftovers "SIGTERM while writing"
+rm -f "$WORK/big.safetensors"
+
+# 4. one line: truncated PNG (libpng prints its own lines), names with escape codes.
+$PY - "$WORK" <<'PYEOF'
+import struct, sys, zlib
+def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+raw = b"".join(b"\0" + bytes(range(28)) for _ in range(28))
+png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 28, 28, 8, 0, 0, 0, 0)) +
+       chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+open(sys.argv[1] + "/ok.png", "wb").write(png)
+open(sys.argv[1] + "/cut.png", "wb").write(png[: len(png) * 2 // 3])
+bad = bytearray(png); bad[45] ^= 0xFF  # inside IDAT: CRC error
+open(sys.argv[1] + "/crc.png", "wb").write(bytes(bad))
+PYEOF
+run 0 "a good PNG" classify "$WORK/ok.png" -m "$MODEL"
+run_one 1 "truncated PNG" classify "$WORK/cut.png" -m "$MODEL"
+run_one 1 "PNG with a CRC error" classify "$WORK/crc.png" -m "$MODEL"
+EVIL="$WORK/$(printf 'evil\033[2J\033]0;title\007\nname.png')"
+cp "$GOOD" "$EVIL"
+run_one 1 "escape codes in a file name" classify "$EVIL" "$MISSING" -m "$MODEL"
+run_one 1 "a 100 kB name" classify "$WORK/$(head -c 100000 /dev/zero | tr '\0' 'a')" -m "$MODEL"
+[ "$(wc -c <"$ERR")" -lt 2000 ] || fail "a 100 kB name: the message is $(wc -c <"$ERR") bytes"
+
+# 5. FIFOs as model, image, dataset and resume file: refused at once.
+run_one 1 "FIFO as model" classify "$GOOD" -m "$WORK/out.fifo"
+run_one 1 "FIFO as image" classify "$WORK/out.fifo" -m "$MODEL"
+run_one 1 "FIFO as info's model" info "$WORK/out.fifo"
+run_one 1 "FIFO as resume state" train --resume "$WORK/out.fifo" -o "$WORK/r.safetensors"
+mkdir -p "$WORK/ds/cat"
+cp "$GOOD" "$WORK/ds/cat/a.pgm"
+mkfifo "$WORK/ds/cat/b.pgm"
+run_one 1 "FIFO in a dataset folder" eval -m "$MODEL" --data "$WORK/ds"
+run_one 1 "FIFO as --merge file" eval --merge "$WORK/out.fifo"
+run_one 1 "character device as image" classify /dev/zero -m "$MODEL"
+
+# 6. nonsense numbers: refused as usage errors.
+run_one 2 "train --lr inf" train --arch vit-fmnist --lr inf -o "$WORK/t.safetensors"
+run_one 2 "train --lr 1e999" train --arch vit-fmnist --lr 1e999 -o "$WORK/t.safetensors"
+run_one 2 "bench --seconds nan" bench -m "$MODEL" --seconds nan
+run_one 2 "train --label-smoothing nan" train --arch vit-fmnist --label-smoothing nan -o "$WORK/t.safetensors"
+run_one 2 "train with an unbounded model" train --arch vit-fmnist --hidden 16384 --heads 16 --mlp-dim 65536 -o "$WORK/t.safetensors"
+grep -qF "parameters, more than the limit" "$ERR" || fail "unbounded model: the message does not state the limit"
+no_leftovers "refused training runs"
+[ ! -e "$WORK/t.safetensors" ] || fail "a refused training run wrote a model"
+
+# 7. exit codes of bad numbers and names.
+run_one 2 "capacity factor inf" classify "$GOOD" -m "$MODEL" --capacity-factor inf
+run_one 2 "capacity factor nan" classify "$GOOD" -m "$MODEL" --capacity-factor nan
+run_one 2 "capacity factor 1e-320" classify "$GOOD" -m "$MODEL" --capacity-factor 1e-320
+grep -qF "too close to zero" "$ERR" || fail "1e-320: the message does not say why"
+run_one 2 "capacity factor 1e300" classify "$GOOD" -m "$MODEL" --capacity-factor 1e300
+run_one 2 "train --arch nope" train --arch nope -o "$WORK/t.safetensors"
 
 # --- success -------------------------------------------------------------------------------
 run 0 "classify" classify "$GOOD" -m "$MODEL"
