@@ -12,6 +12,7 @@
 
 #include "commands.hpp"
 #include "core/error.hpp"
+#include "model/foreground.hpp"
 #include "model/route.hpp"
 #include "viz/pictures.hpp"
 
@@ -42,7 +43,18 @@ std::string routing_label(const MoeLayerTrace& t) {
   return "";
 }
 
-json layer_json(const MoeLayerTrace& t) {
+double share(int64_t part, int64_t whole) { return whole > 0 ? static_cast<double>(part) / whole : 1.0; }
+
+// Per-layer foreground keys (issue 11): how many foreground patches, and the share kept
+// with all choices / with at least one (1 when the image has no foreground patch).
+void add_foreground(json& j, const MoeLayerTrace& t, const RouteResult& r) {
+  const ForegroundKept fg = count_foreground_kept(t, r.foreground, r.grid_h * r.grid_w, r.config.moe->k);
+  j["foreground_tokens"] = fg.foreground;
+  j["foreground_kept_all"] = share(fg.kept_all, fg.foreground);
+  j["foreground_kept_any"] = share(fg.kept_any, fg.foreground);
+}
+
+json layer_json(const MoeLayerTrace& t, const RouteResult& r) {
   const LayerCounts n = count_layer(t);
   const int N = static_cast<int>(t.num_tokens()), E = t.num_experts;
   json j = {{"layer", t.layer},
@@ -93,12 +105,13 @@ json layer_json(const MoeLayerTrace& t) {
   j["choices"] = std::move(choices);
   j["dispatch"] = std::move(dispatch);
   j["combine"] = std::move(combine);
+  add_foreground(j, t, r);
   return j;
 }
 
 json route_json(const RouteResult& r, const std::vector<std::string>& files) {
   json layers = json::array();
-  for (const MoeLayerTrace& t : r.main.trace.layers) layers.push_back(layer_json(t));
+  for (const MoeLayerTrace& t : r.main.trace.layers) layers.push_back(layer_json(t, r));
   json top = json::array();
   for (const ClassScore& s : r.top) top.push_back({{"label", s.label}, {"index", s.index}, {"prob", s.prob}});
   json strip = json::array();
@@ -118,12 +131,16 @@ json route_json(const RouteResult& r, const std::vector<std::string>& files) {
                       {"dropped_tokens", n.dropped_tokens},
                       {"dropped_choices", n.dropped_choices},
                       {"times_taken", t.times_taken}});
+        add_foreground(ls.back(), t, r);
       }
       cell["layers"] = std::move(ls);
     }
     strip.push_back(std::move(cell));
   }
   const MoeConfig& moe = *r.config.moe;
+  // Per token (CLS first when there is one, never foreground), as times_taken is indexed.
+  std::vector<bool> foreground(r.cls ? 1 : 0, false);
+  for (uint8_t f : r.foreground) foreground.push_back(f != 0);
   return json{{"image", r.image},
               {"model", r.model},
               {"grid", {r.grid_h, r.grid_w}},
@@ -135,15 +152,20 @@ json route_json(const RouteResult& r, const std::vector<std::string>& files) {
               {"logits", r.main.logits},
               {"layers", layers},
               {"strip", strip},
-              {"files", files}};
+              {"files", files},
+              {"foreground", foreground}};
 }
 
 void print_text(const RouteResult& r, const std::vector<std::string>& files, const std::string& dir) {
   fmt::print("{}  (model {}, {}x{} patches{})\n", r.image, r.model, r.grid_h, r.grid_w, r.cls ? " + CLS" : "");
   if (!r.top.empty())
     fmt::print("  top class: {} ({:.1f}%)\n", r.top.front().label, 100.0 * r.top.front().prob);
+  int foreground = 0;
+  for (uint8_t f : r.foreground) foreground += f;
+  fmt::print("  foreground: {} of {} patches (some pixel above 10% of the value range)\n", foreground, r.foreground.size());
   for (const MoeLayerTrace& t : r.main.trace.layers) {
     const LayerCounts n = count_layer(t);
+    const ForegroundKept fg = count_foreground_kept(t, r.foreground, r.grid_h * r.grid_w, r.config.moe->k);
     switch (t.router) {
       case RouterKind::top_k:
         fmt::print("  layer {}: top-{} of {}, {}, capacity {} per expert (factor {}, effective {:.3g}): dropped {}/{} tokens, {}/{} choices\n",
@@ -159,6 +181,9 @@ void print_text(const RouteResult& r, const std::vector<std::string>& files, con
                    t.slots_per_expert);
         break;
     }
+    if (t.router != RouterKind::soft)
+      fmt::print("    foreground kept: {}/{} with all choices, {}/{} with at least one\n", fg.kept_all, fg.foreground,
+                 fg.kept_any, fg.foreground);
   }
   if (files.empty()) return;
   fmt::print("wrote {} pictures to {}:\n", files.size(), dir);

@@ -47,6 +47,22 @@ double mean_effective(const EvalResult& r) {
   return r.counts.layers.empty() ? 0.0 : sum / r.counts.layers.size();
 }
 
+double mean(const std::vector<double>& v) {
+  double sum = 0;
+  for (double x : v) sum += x;
+  return v.empty() ? 0.0 : sum / v.size();
+}
+
+// The five foreground columns, each preceded by its comma; empty fields when unknown
+// (merged with a result that predates them) and means empty without MoE layers.
+std::string foreground_csv(const EvalResult& r) {
+  if (!r.counts.has_foreground) return ",,,,,";
+  const std::vector<double> all = r.foreground_kept_all(), any = r.foreground_kept_any();
+  const bool moe = !all.empty();
+  return fmt::format(",{:.4f},{},{},{},{}", r.foreground_per_image(), moe ? fmt::format("{:.6f}", mean(all)) : "",
+                     moe ? fmt::format("{:.6f}", mean(any)) : "", joined(all), joined(any));
+}
+
 }  // namespace
 
 nlohmann::json eval_to_json(const EvalResult& r) {
@@ -65,6 +81,11 @@ nlohmann::json eval_to_json(const EvalResult& r) {
                       {"expert_tokens", l.expert_tokens},
                       {"capacity", l.capacity},
                       {"effective_capacity_factor", l.effective_capacity_factor}});
+    if (k.has_foreground) {
+      layers.back()["foreground_tokens"] = l.foreground_tokens;
+      layers.back()["foreground_kept_all"] = l.foreground_kept_all;
+      layers.back()["foreground_kept_any"] = l.foreground_kept_any;
+    }
   }
   json j{{"model", r.model},
          {"data", r.data},
@@ -95,6 +116,11 @@ nlohmann::json eval_to_json(const EvalResult& r) {
            {"class_images", k.class_images},
            {"class_top1", k.class_top1},
            {"layers", layers}}}};
+  // Added keys (issue 11): null when a merged part predates the foreground counts.
+  j["foreground_patches_per_image"] = k.has_foreground ? json(r.foreground_per_image()) : json(nullptr);
+  j["foreground_kept_all"] = k.has_foreground ? json(r.foreground_kept_all()) : json(nullptr);
+  j["foreground_kept_any"] = k.has_foreground ? json(r.foreground_kept_any()) : json(nullptr);
+  if (k.has_foreground) j["counts"]["foreground_patches"] = k.foreground_patches;
   return j;
 }
 
@@ -119,6 +145,9 @@ EvalResult eval_from_json(const nlohmann::json& j, const std::string& what) {
   k.shards = get<std::vector<int>>(c, "shards", cw);
   k.class_images = get<std::vector<int64_t>>(c, "class_images", cw);
   k.class_top1 = get<std::vector<int64_t>>(c, "class_top1", cw);
+  // Results written before the foreground counts existed have none of them.
+  k.has_foreground = c.contains("foreground_patches");
+  if (k.has_foreground) k.foreground_patches = get<int64_t>(c, "foreground_patches", cw);
   for (const nlohmann::json& l : get<nlohmann::json>(c, "layers", cw)) {
     const std::string lw = cw + ": layers";
     EvalLayerCounts lc;
@@ -130,6 +159,14 @@ EvalResult eval_from_json(const nlohmann::json& j, const std::string& what) {
     lc.expert_tokens = get<int64_t>(l, "expert_tokens", lw);
     lc.capacity = get<int>(l, "capacity", lw);
     lc.effective_capacity_factor = get<double>(l, "effective_capacity_factor", lw);
+    if (k.has_foreground) {
+      lc.foreground_tokens = get<int64_t>(l, "foreground_tokens", lw);
+      lc.foreground_kept_all = get<int64_t>(l, "foreground_kept_all", lw);
+      lc.foreground_kept_any = get<int64_t>(l, "foreground_kept_any", lw);
+      if (lc.foreground_tokens < 0 || lc.foreground_kept_any < lc.foreground_kept_all || lc.foreground_kept_all < 0 ||
+          lc.foreground_kept_any > lc.foreground_tokens)
+        fail("{}: foreground counts of layer {} do not add up", lw, lc.layer);
+    }
     k.layers.push_back(lc);
   }
   if (k.shard_count < 1 || k.shards.empty()) fail("{}: bad shard bookkeeping", what);
@@ -153,7 +190,10 @@ EvalResult read_eval_json(const std::string& path) {
 
 std::string eval_csv_header() {
   return "model,data,router,routing,capacity_factor,effective_capacity_factor,group_images,images,top1,top5,dropped,choices_dropped,"
-         "processed_tokens,images_per_s,seconds,shard,dropped_per_layer,choices_dropped_per_layer";
+         "processed_tokens,images_per_s,seconds,shard,dropped_per_layer,choices_dropped_per_layer,"
+         // Added by issue 11 (appended: earlier columns keep their positions).
+         "foreground_patches_per_image,foreground_kept_all,foreground_kept_any,foreground_kept_all_per_layer,"
+         "foreground_kept_any_per_layer";
 }
 
 std::string eval_csv_row(const EvalResult& r) {
@@ -163,7 +203,8 @@ std::string eval_csv_row(const EvalResult& r) {
                      csv_field(r.data), r.router, r.routing, r.has_capacity ? fmt::format("{}", r.capacity_factor) : "",
                      r.has_capacity ? fmt::format("{:.6g}", mean_effective(r)) : "", r.group_images, k.images, r.top1(), r.top5(), r.mean_dropped(), r.mean_choices_dropped(),
                      r.processed_tokens(), r.images_per_s(), k.seconds, shard, joined(r.dropped()),
-                     joined(r.choices_dropped()));
+                     joined(r.choices_dropped())) +
+         foreground_csv(r);
 }
 
 std::string eval_text(const EvalResult& r) {
@@ -180,6 +221,7 @@ std::string eval_text(const EvalResult& r) {
   out += fmt::format("top-1      {:.2f}%  ({}/{})\n", 100.0 * r.top1(), k.top1, k.images);
   out += fmt::format("top-5      {:.2f}%  ({}/{})\n", 100.0 * r.top5(), k.top5, k.images);
   const std::vector<double> dropped = r.dropped(), choices = r.choices_dropped();
+  const std::vector<double> fg_all = r.foreground_kept_all(), fg_any = r.foreground_kept_any();
   for (size_t i = 0; i < k.layers.size(); ++i) {
     const EvalLayerCounts& l = k.layers[i];
     if (!r.has_capacity) {
@@ -189,8 +231,13 @@ std::string eval_text(const EvalResult& r) {
     out += fmt::format("moe block {}: capacity {} (effective factor {:.3f}), {:.2f}% of tokens dropped", l.layer,
                        l.capacity, l.effective_capacity_factor, 100.0 * dropped[i]);
     if (l.choices > 0) out += fmt::format(", {:.2f}% of choices dropped", 100.0 * choices[i]);
+    if (k.has_foreground)
+      out += fmt::format("; foreground kept {:.2f}% all choices, {:.2f}% >=1", 100.0 * fg_all[i], 100.0 * fg_any[i]);
     out += "\n";
   }
+  if (k.has_foreground)
+    out += fmt::format("foreground {:.2f} patches per image (some pixel above 10% of the value range)\n",
+                       r.foreground_per_image());
   if (!k.layers.empty()) out += fmt::format("processed  {:.2f}% of tokens reached an expert (mean over MoE blocks)\n",
                                             100.0 * r.processed_tokens());
   out += fmt::format("speed      {:.1f} images/s ({:.2f} s{})\n", r.images_per_s(), k.seconds,

@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "core/error.hpp"
+#include "model/foreground.hpp"
 #include "moe/capacity.hpp"
 
 namespace vmoe {
@@ -126,6 +127,8 @@ void EvalCounts::merge(const EvalCounts& o) {
   top1 += o.top1;
   top5 += o.top5;
   seconds += o.seconds;
+  foreground_patches += o.foreground_patches;
+  has_foreground = has_foreground && o.has_foreground;
   shards.insert(shards.end(), o.shards.begin(), o.shards.end());
   std::sort(shards.begin(), shards.end());
   for (size_t c = 0; c < class_images.size(); ++c) {
@@ -141,6 +144,9 @@ void EvalCounts::merge(const EvalCounts& o) {
     a.choices += b.choices;
     a.dropped_choices += b.dropped_choices;
     a.expert_tokens += b.expert_tokens;
+    a.foreground_tokens += b.foreground_tokens;
+    a.foreground_kept_all += b.foreground_kept_all;
+    a.foreground_kept_any += b.foreground_kept_any;
     // A shard with only a partial last group reports that group's capacity; the full-group one wins.
     if (b.capacity > a.capacity) {
       a.capacity = b.capacity;
@@ -176,6 +182,22 @@ double EvalResult::mean_choices_dropped() const {
 }
 
 double EvalResult::processed_tokens() const { return 1.0 - mean_dropped(); }
+
+std::vector<double> EvalResult::foreground_kept_all() const {
+  std::vector<double> out;
+  for (const EvalLayerCounts& l : counts.layers)
+    out.push_back(l.foreground_tokens > 0 ? ratio(l.foreground_kept_all, l.foreground_tokens) : 1.0);
+  return out;
+}
+
+std::vector<double> EvalResult::foreground_kept_any() const {
+  std::vector<double> out;
+  for (const EvalLayerCounts& l : counts.layers)
+    out.push_back(l.foreground_tokens > 0 ? ratio(l.foreground_kept_any, l.foreground_tokens) : 1.0);
+  return out;
+}
+
+double EvalResult::foreground_per_image() const { return ratio(counts.foreground_patches, counts.images); }
 
 EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& options) {
   const ModelConfig& c = engine.config();
@@ -217,6 +239,8 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
   const int C = c.num_classes;
   std::vector<float> images(static_cast<size_t>(batch) * image_size);
   std::vector<float> logits(static_cast<size_t>(batch) * C);
+  const int patches = c.num_patches();
+  std::vector<uint8_t> foreground(static_cast<size_t>(batch) * patches);  // (B, patches)
   RoutingTrace trace;
   const auto start = std::chrono::steady_clock::now();
   for (size_t first = 0; first < mine.size(); first += batch) {
@@ -233,6 +257,13 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
       }
     }
     if (error) std::rethrow_exception(error);
+    foreground.resize(static_cast<size_t>(B) * patches);
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; ++b) {
+      const std::vector<uint8_t> mask = foreground_patches(images.data() + b * image_size, c);
+      std::copy(mask.begin(), mask.end(), foreground.begin() + static_cast<ptrdiff_t>(b) * patches);
+    }
+    for (uint8_t f : foreground) k.foreground_patches += f;
     engine.forward(logits.data(), images.data(), B, moe ? &trace : nullptr);
 
     for (int b = 0; b < B; ++b) {
@@ -271,6 +302,10 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
             lc.effective_capacity_factor = effective_capacity_factor(lc.capacity, t.num_experts, demand);
           }
         }
+        const ForegroundKept fg = count_foreground_kept(t, foreground, patches, moe->k);
+        lc.foreground_tokens += fg.foreground;
+        lc.foreground_kept_all += fg.kept_all;
+        lc.foreground_kept_any += fg.kept_any;
         if (t.router == RouterKind::top_k) {
           lc.choices += static_cast<int64_t>(t.choice_kept.size());
           for (uint8_t kept : t.choice_kept) lc.dropped_choices += !kept;

@@ -26,6 +26,9 @@ struct EvalLayerCounts {
   int64_t expert_tokens = 0;  // token-expert pairs processed (top-k, experts-choice)
   int capacity = 0;  // slots per expert in a full group (0 for Soft-MoE)
   double effective_capacity_factor = 0;  // capacity * E / (group tokens * k), 0 for Soft-MoE
+  // Foreground patches (model/foreground.hpp) routed, and of those kept with all choices /
+  // with at least one choice.
+  int64_t foreground_tokens = 0, foreground_kept_all = 0, foreground_kept_any = 0;
 };
 
 struct EvalCounts {
@@ -35,6 +38,10 @@ struct EvalCounts {
   std::vector<int> shards{0};  // shard indices these counts cover
   std::vector<int64_t> class_images, class_top1;  // per dataset class
   std::vector<EvalLayerCounts> layers;  // per MoE layer
+  int64_t foreground_patches = 0;  // foreground patches over all images (model/foreground.hpp)
+  // False for results read from JSON written before the foreground counts existed (and
+  // for merges including one): the foreground figures are then unknown, not 0.
+  bool has_foreground = true;
 
   // Adds another shard's counts; throws if the layers or classes do not line up or a
   // shard is counted twice.
@@ -59,6 +66,11 @@ struct EvalResult {
   double mean_dropped() const;  // averaged over MoE layers (0 without MoE layers)
   double mean_choices_dropped() const;
   double processed_tokens() const;  // 1 - mean_dropped(): fraction of tokens some expert processed
+  // Per MoE layer: share of foreground patches kept with all choices / with at least one
+  // (1 when there was no foreground patch: nothing of it was dropped).
+  std::vector<double> foreground_kept_all() const;
+  std::vector<double> foreground_kept_any() const;
+  double foreground_per_image() const;  // mean foreground patches per image
 };
 
 struct EvalOptions {

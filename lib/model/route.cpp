@@ -7,6 +7,7 @@
 
 #include "core/error.hpp"
 #include "io/image.hpp"
+#include "model/foreground.hpp"
 #include "moe/capacity.hpp"
 
 namespace vmoe {
@@ -81,6 +82,7 @@ RouteResult route_image(Engine& engine, const std::string& model_path, const std
   r.cls = c.num_tokens() > c.num_patches();
   r.pixels.resize(static_cast<size_t>(c.image.height) * c.image.width * c.image.channels);
   load_image(r.pixels.data(), image_path, c.image);
+  r.foreground = foreground_patches(r.pixels.data(), c);
 
   std::optional<double> main_factor;
   if (!request.capacity_factors.empty()) main_factor = request.capacity_factors.front();

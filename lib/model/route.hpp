@@ -43,6 +43,7 @@ struct RouteResult {
   int grid_h = 0, grid_w = 0;
   bool cls = false;  // token 0 is the CLS token
   std::vector<float> pixels;  // (H, W, C) model input in the config's value range
+  std::vector<uint8_t> foreground;  // (grid_h * grid_w) 1 = foreground patch (model/foreground.hpp)
   RoutedRun main;  // first factor, requested routing
   std::vector<ClassScore> top;  // classes of the main run
   // Capacity strip: rows x factors, row-major. Top-k: row 0 BPR, row 1 vanilla.

@@ -24,7 +24,8 @@ a, b = (json.load(open(p)) for p in sys.argv[1:3])
 def strip(j):
     c = dict(j["counts"]); [c.pop(k) for k in ("seconds", "shards", "shard_count")]
     top = {k: j[k] for k in ("model", "data", "routing", "capacity_factor", "group_images", "images", "top1", "top5",
-                             "dropped", "choices_dropped", "processed_tokens", "capacity", "classes")}
+                             "dropped", "choices_dropped", "processed_tokens", "capacity", "classes",
+                             "foreground_patches_per_image", "foreground_kept_all", "foreground_kept_any")}
     return c, top
 if strip(a) != strip(b):
     print("  unsharded:", strip(a)); print("  merged:   ", strip(b)); sys.exit(1)
@@ -112,6 +113,37 @@ for k in ("model", "data", "routing", "capacity_factor", "images", "top1", "top5
           "choices_dropped", "processed_tokens", "counts"):
     assert k in j, k
 assert len(j["dropped"]) == len(j["moe_layers"]) >= 1 and j["images"] == 70
+PY
+
+# Foreground kept (issue 11): the keys, shares in [0, 1], at least one choice >= all choices,
+# at a low factor with groups (drops happen), and the csv's old columns where they were.
+"$VMOE" eval -m "$MODEL" --data "$FOLDER" --capacity-factor 0.25 --group-images 8 --format json > "$WORK/fg.json" ||
+  fail "foreground eval"
+$PY - "$WORK/fg.json" <<'PY' && ok "json foreground keys and shares" || fail "json foreground keys"
+import json, sys
+j = json.load(open(sys.argv[1]))
+n = len(j["moe_layers"])
+a, b = j["foreground_kept_all"], j["foreground_kept_any"]
+assert len(a) == len(b) == n >= 1, (a, b)
+assert all(0 <= x <= y <= 1 for x, y in zip(a, b)), (a, b)
+assert min(a) < 1, ("nothing dropped at factor 0.25?", a)
+assert 0 < j["foreground_patches_per_image"] <= 49, j["foreground_patches_per_image"]
+for l in j["counts"]["layers"]:
+    assert 0 <= l["foreground_kept_all"] <= l["foreground_kept_any"] <= l["foreground_tokens"], l
+    assert l["foreground_tokens"] == j["counts"]["foreground_patches"], l
+PY
+"$VMOE" eval -m "$MODEL" --data "$FOLDER" --limit 16 --format csv > "$WORK/fg.csv" || fail "foreground csv"
+$PY - "$WORK/fg.csv" <<'PY' && ok "csv: old columns in place, foreground columns appended" || fail "csv foreground columns"
+import csv, sys
+old = ("model,data,router,routing,capacity_factor,effective_capacity_factor,group_images,images,top1,top5,dropped,"
+       "choices_dropped,processed_tokens,images_per_s,seconds,shard,dropped_per_layer,choices_dropped_per_layer").split(",")
+rows = list(csv.reader(open(sys.argv[1])))
+header, row = rows
+assert header[:len(old)] == old, header
+assert header[len(old):] == ["foreground_patches_per_image", "foreground_kept_all", "foreground_kept_any",
+                             "foreground_kept_all_per_layer", "foreground_kept_any_per_layer"], header
+r = dict(zip(header, row))
+assert len(row) == len(header) and 0 <= float(r["foreground_kept_all"]) <= float(r["foreground_kept_any"]) <= 1, r
 PY
 
 # Bad input.

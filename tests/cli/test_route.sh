@@ -76,6 +76,27 @@ for l in j["layers"]:
         for row in l["choices"]:
             for c in row:
                 need(set(c) >= {"expert", "gate", "kept"} and isinstance(c["kept"], bool), f"choice {c}")
+# Foreground (issue 11): a patch is foreground when one of its bytes is > 25.5 (10% of 0..255);
+# token 0 is the CLS token, never foreground.
+pix = open("blob.pgm", "rb").read()[-28 * 28:]
+fg = [False] + [any(pix[(4 * gy + y) * 28 + 4 * gx + x] > 25.5 for y in range(4) for x in range(4))
+                for gy in range(7) for gx in range(7)]
+need(j.get("foreground") == fg, f"foreground {j.get('foreground')} != {fg}")
+need(0 < sum(fg) < 49, f"the test image has {sum(fg)} foreground patches")
+for l in j["layers"]:
+    need(l.get("foreground_tokens") == sum(fg), f"foreground_tokens {l.get('foreground_tokens')}")
+    a, b = l.get("foreground_kept_all", -1), l.get("foreground_kept_any", -1)
+    need(0 <= a <= b <= 1, f"foreground kept all {a} / any {b}")
+    if router == "soft":
+        need(a == b == 1, "Soft-MoE keeps every foreground patch")
+    elif router == "top_k":
+        kept_all = sum(1 for t in range(50) if fg[t] and all(c["kept"] for c in l["choices"][t]))
+        kept_any = sum(1 for t in range(50) if fg[t] and any(c["kept"] for c in l["choices"][t]))
+        need(abs(a - kept_all / sum(fg)) < 1e-12 and abs(b - kept_any / sum(fg)) < 1e-12,
+             f"foreground kept {a}/{b} != choices' {kept_all}/{kept_any} of {sum(fg)}")
+for cell in j["strip"]:
+    for l in cell.get("layers", []):
+        need(0 <= l["foreground_kept_all"] <= l["foreground_kept_any"] <= 1, f"strip cell {cell['capacity_factor']}")
 files = j["files"]
 need(len(files) > 0, "no files")
 for f in files:
@@ -120,6 +141,7 @@ EOF
 
 expect 0 "text output" -- "$vmoe" route blob.pgm -m vmoe-fmnist.safetensors -o pics-text
 grep -q "layer $first_topk: top-2 of 8" out.txt || fail "text output lacks the layer summary: $(head -c 300 out.txt)"
+grep -q "foreground kept: [0-9]*/[0-9]* with all choices" out.txt || fail "text output lacks the foreground line"
 grep -q "pics-text/blob-L$last_topk-strip.png" out.txt || fail "text output lacks the file list"
 
 expect 0 "--no-pictures" -- "$vmoe" route blob.pgm -m vmoe-fmnist.safetensors -o pics-none --json --no-pictures

@@ -185,6 +185,33 @@ def check_route(vmoe, model, path, params, config, run, out_dir, where):
                 raise Mismatch(f"{tag} token {t}: choices {gc} != reference {ec}")
         if len(g["choices"]) != len(e["choices"]):
             raise Mismatch(f"{tag}: {len(g['choices'])} tokens in choices, expected {len(e['choices'])}")
+    check_route_foreground(got, ref.read_pnm(path), config, expected, where)
+
+
+def check_route_foreground(got, pixels, config, expected, where):
+    """Issue 11: a patch is foreground when one of its bytes (any channel) is > 25.5 (10% of
+    0..255); the CLS token never is. Kept shares follow from the reference's kept flags."""
+    cfg = ref.fill_defaults(config)
+    gh, gw, _, has_cls = ref.geometry(cfg)
+    ph, pw = cfg["patch"]
+    fg = [False] * int(has_cls) + [bool((pixels[y * ph:(y + 1) * ph, x * pw:(x + 1) * pw] > 25.5).any())
+                                   for y in range(gh) for x in range(gw)]
+    if got.get("foreground") != fg:
+        raise Mismatch(f"{where}: foreground {got.get('foreground')} != reference {fg}")
+    n = sum(fg)
+    for g, e in zip(got["layers"], expected):
+        if e["router"] == "soft":
+            want_all = want_any = n
+        else:
+            need_all = e["k"] if e["router"] == "top_k" else cfg["moe"]["k"]
+            taken = [sum(c["kept"] for c in row) for row in e["choices"]]
+            want_all = sum(1 for t, f in enumerate(fg) if f and taken[t] >= need_all)
+            want_any = sum(1 for t, f in enumerate(fg) if f and taken[t] >= 1)
+        want = (want_all / n, want_any / n) if n else (1.0, 1.0)
+        have = (g.get("foreground_kept_all"), g.get("foreground_kept_any"))
+        if g.get("foreground_tokens") != n or any(h is None or abs(h - w) > 1e-12 for h, w in zip(have, want)):
+            raise Mismatch(f"{where} layer {e['layer']}: foreground {g.get('foreground_tokens')} kept {have} "
+                           f"!= reference {n} kept {want}")
 
 
 def check_variant(vmoe, tmp, name, config_args, seed, num_images, runs, with_route):

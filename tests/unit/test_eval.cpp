@@ -105,3 +105,44 @@ TEST_CASE("eval JSON round-trips and CSV has fixed columns", "[eval]") {
   comma.model = "a,b.safetensors";
   CHECK(eval_csv_row(comma).rfind("\"a,b.safetensors\",", 0) == 0);
 }
+
+TEST_CASE("foreground counts merge as sums, not as averaged shares", "[eval][foreground]") {
+  EvalResult a = part(0, 2, 10, 5), b = part(1, 2, 30, 20);
+  a.counts.foreground_patches = 100;
+  a.counts.layers[0].foreground_tokens = 100, a.counts.layers[0].foreground_kept_all = 50,
+  a.counts.layers[0].foreground_kept_any = 100;
+  b.counts.foreground_patches = 300;
+  b.counts.layers[0].foreground_tokens = 300, b.counts.layers[0].foreground_kept_all = 290,
+  b.counts.layers[0].foreground_kept_any = 299;
+  const EvalResult m = merge_results({b, a});
+  CHECK(m.counts.foreground_patches == 400);
+  CHECK(m.counts.layers[0].foreground_kept_all == 340);
+  CHECK(m.foreground_kept_all() == std::vector<double>{340.0 / 400});  // not (0.5 + 290/300) / 2
+  CHECK(m.foreground_kept_any() == std::vector<double>{399.0 / 400});
+  CHECK(m.foreground_per_image() == Approx(400.0 / 40));
+
+  const nlohmann::json j = eval_to_json(m);
+  CHECK(j["foreground_kept_all"][0].get<double>() == Approx(0.85));
+  CHECK(j["foreground_patches_per_image"].get<double>() == Approx(10.0));
+  CHECK(eval_to_json(eval_from_json(j, "m.json")) == j);
+  CHECK(eval_csv_row(m).find(",10.0000,0.850000,0.997500,0.85,0.9975") != std::string::npos);
+
+  SECTION("a result written before the foreground counts: figures unknown (null), merges still work") {
+    nlohmann::json old = eval_to_json(a);
+    for (const char* key : {"foreground_patches_per_image", "foreground_kept_all", "foreground_kept_any"}) old.erase(key);
+    old["counts"].erase("foreground_patches");
+    for (auto& l : old["counts"]["layers"])
+      for (const char* key : {"foreground_tokens", "foreground_kept_all", "foreground_kept_any"}) l.erase(key);
+    const EvalResult merged = merge_results({eval_from_json(old, "old.json"), b});
+    CHECK(merged.counts.images == 40);
+    CHECK_FALSE(merged.counts.has_foreground);
+    CHECK(eval_to_json(merged)["foreground_kept_all"].is_null());
+    const std::string row = eval_csv_row(merged);
+    CHECK(row.substr(row.size() - 5) == ",,,,,");
+  }
+  SECTION("counts that do not add up are refused") {
+    nlohmann::json bad = eval_to_json(a);
+    bad["counts"]["layers"][0]["foreground_kept_any"] = 101;
+    CHECK_THROWS_WITH(eval_from_json(bad, "bad.json"), Catch::Contains("bad.json") && Catch::Contains("foreground"));
+  }
+}
