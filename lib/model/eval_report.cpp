@@ -147,7 +147,10 @@ EvalResult eval_from_json(const nlohmann::json& j, const std::string& what) {
   k.class_top1 = get<std::vector<int64_t>>(c, "class_top1", cw);
   // Results written before the foreground counts existed have none of them.
   k.has_foreground = c.contains("foreground_patches");
-  if (k.has_foreground) k.foreground_patches = get<int64_t>(c, "foreground_patches", cw);
+  if (k.has_foreground) {
+    k.foreground_patches = get<int64_t>(c, "foreground_patches", cw);
+    if (k.foreground_patches < 0) fail("{}: negative foreground_patches", cw);
+  }
   for (const nlohmann::json& l : get<nlohmann::json>(c, "layers", cw)) {
     const std::string lw = cw + ": layers";
     EvalLayerCounts lc;

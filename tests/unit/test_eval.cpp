@@ -144,5 +144,8 @@ TEST_CASE("foreground counts merge as sums, not as averaged shares", "[eval][for
     nlohmann::json bad = eval_to_json(a);
     bad["counts"]["layers"][0]["foreground_kept_any"] = 101;
     CHECK_THROWS_WITH(eval_from_json(bad, "bad.json"), Catch::Contains("bad.json") && Catch::Contains("foreground"));
+    nlohmann::json negative = eval_to_json(a);
+    negative["counts"]["foreground_patches"] = -1;
+    CHECK_THROWS_WITH(eval_from_json(negative, "neg.json"), Catch::Contains("neg.json") && Catch::Contains("foreground"));
   }
 }
