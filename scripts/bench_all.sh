@@ -1,17 +1,113 @@
 #!/usr/bin/env bash
-# Re-measures the figures of docs/BENCHMARKS.md on this machine: `vmoe bench` of every
-# bundled model at batch 64 and 256 (with the matmul ceiling once), and the wall time and
-# peak memory of evaluating the 10k Fashion-MNIST test split. Run on an idle machine.
+# Re-measures the inference table of docs/BENCHMARKS.md on this machine, vmoe and PyTorch
+# side by side in one run: for each model and batch size, `vmoe bench` then the same model
+# in eval-mode PyTorch (scripts/bench_vs_torch.py, 2 threads), then one markdown table:
+#   model | batch | vmoe images/s | PyTorch images/s | ratio | % of ceiling | peak RSS
+# The ceiling is `vmoe bench`'s single 3136x768x3072 matmul, measured once at the start.
+# The official-size architectures run on `vmoe init` random weights (speed does not
+# depend on training). Ends with the 10k Fashion-MNIST evaluation of the bundled models.
+#
+# Environment: VMOE (binary, default build/vmoe); VMOE_BASE (a second binary, e.g. one
+# built from an older commit: its images/s are measured right before the new one's, as a
+# "base" column); SECONDS_PER (timed seconds per measurement, default 3); QUICK=1 (bundled
+# models at batch 64 and 256 only, no official sizes, no evaluation); NO_TORCH=1.
+# PyTorch comes from Debian (python3-torch, installed here if missing) with OpenBLAS
+# (libopenblas0-openmp, loaded through LD_LIBRARY_PATH so the system's default BLAS is
+# left alone: with Debian's reference BLAS PyTorch is several times slower still).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 vmoe=${VMOE:-build/vmoe}
-echo "# $(date -u +%Y-%m-%d) $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores"
-"$vmoe" bench -m data/models/vmoe-fmnist.safetensors --batch 64 --seconds 1 | grep ceiling || true
-for model in data/models/*.safetensors; do
-  for batch in 64 256; do
-    echo "## $model batch $batch"
-    "$vmoe" bench -m "$model" --batch "$batch" --seconds 5 --no-ceiling | sed -n '1,12p'
+base=${VMOE_BASE:-}
+secs=${SECONDS_PER:-3}
+py=/usr/bin/python3
+openblas=/usr/lib/x86_64-linux-gnu/openblas-openmp
+
+if [ -z "${NO_TORCH:-}" ]; then
+  missing=()
+  $py -c "import torch" 2>/dev/null || missing+=(python3-torch)
+  [ -e "$openblas/libblas.so.3" ] || missing+=(libopenblas0-openmp)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "bench_all: installing ${missing[*]}" >&2
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  fi
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+json() { $py -c "import json,sys; d=json.loads(sys.stdin.read().strip().splitlines()[-1]); print(d$1)"; }
+
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC') $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+ceiling=$("$vmoe" bench -m data/models/vit-fmnist.safetensors --batch 1 --seconds 0 --json | json "['matmul_ceiling']['gflops_per_s']")
+echo "# matmul ceiling (one 3136x768x3072 matmul): $(printf %.1f "$ceiling") GFLOP/s"
+
+# model file, batch sizes
+cases=()
+for m in vit vmoe softmoe; do
+  if [ -n "${QUICK:-}" ]; then cases+=("data/models/$m-fmnist.safetensors 64,256")
+  else cases+=("data/models/$m-fmnist.safetensors 1,8,64,256"); fi
+done
+if [ -z "${QUICK:-}" ]; then
+  for arch in vmoe-s32 vmoe-b16 soft-s16; do
+    "$vmoe" init --arch "$arch" --seed 1 -o "$tmp/$arch.safetensors" >/dev/null
   done
-  echo "## $model eval fashion-mnist:test"
-  /usr/bin/time -f "wall %e s, peak RSS %M KB" "$vmoe" eval -m "$model" --data fashion-mnist:test --format csv
+  cases+=("$tmp/vmoe-s32.safetensors 1,8,64" "$tmp/vmoe-b16.safetensors 1,8" "$tmp/soft-s16.safetensors 1,8")
+fi
+
+header="| model | batch | vmoe images/s |"
+[ -n "$base" ] && header+=" base images/s |"
+header+=" PyTorch images/s | ratio | GFLOP/s | % of ceiling | vmoe peak RSS | PyTorch peak RSS |"
+rows=()
+for c in "${cases[@]}"; do
+  read -r model batches <<<"$c"
+  name=$(basename "$model" .safetensors)
+  torch_out="$tmp/torch.$name"
+  : >"$torch_out"
+  if [ -z "${NO_TORCH:-}" ]; then
+    check=""
+    # the logits check needs classify on 3 images: cheap except for the 224-px models
+    LD_LIBRARY_PATH=$openblas $py scripts/bench_vs_torch.py -m "$model" --batch "$batches" --seconds "$secs" \
+      --threads 2 --check "$vmoe" >"$torch_out"
+    grep -q '"check": "ok"' "$torch_out" || { echo "bench_all: PyTorch check failed for $model" >&2; exit 1; }
+  fi
+  for b in ${batches//,/ }; do
+    base_ips=""
+    if [ -n "$base" ]; then
+      base_ips=$("$base" bench -m "$model" --batch "$b" --seconds "$secs" --no-ceiling --json | json "['images_per_s']")
+    fi
+    /usr/bin/time -f "%M" -o "$tmp/rss" "$vmoe" bench -m "$model" --batch "$b" --seconds "$secs" --no-ceiling --json >"$tmp/v.json"
+    ips=$(json "['images_per_s']" <"$tmp/v.json")
+    gflops=$(json "['gflops_per_s']" <"$tmp/v.json")
+    rss=$(tail -1 "$tmp/rss")
+    t_ips=$(grep "\"batch\": $b," "$torch_out" | json "['images_per_s']" 2>/dev/null || echo "")
+    t_rss=$(grep "\"batch\": $b," "$torch_out" | json "['peak_rss_kb']" 2>/dev/null || echo "")
+    row=$(printf "| %s | %d | %.1f |" "$name" "$b" "$ips")
+    [ -n "$base" ] && row+=$(printf " %.1f |" "$base_ips")
+    if [ -n "$t_ips" ]; then
+      row+=$(printf " %.1f | %.1fx |" "$t_ips" "$($py -c "print($ips / $t_ips)")")
+    else
+      row+=" - | - |"
+    fi
+    row+=$(printf " %.1f | %.0f%% | %.0f MB |" "$gflops" "$($py -c "print(100 * $gflops / $ceiling)")" "$($py -c "print($rss / 1024)")")
+    if [ -n "$t_rss" ]; then row+=$(printf " %.0f MB |" "$($py -c "print($t_rss / 1024)")"); else row+=" - |"; fi
+    rows+=("$row")
+    echo "$row" >&2
+  done
+done
+echo
+echo "$header"
+echo "$header" | sed 's/[^|]*|/---|/g; s/^---|/|/'
+printf '%s\n' "${rows[@]}"
+
+[ -n "${QUICK:-}" ] && exit 0
+echo
+echo "| model | eval of fashion-mnist:test (10k) | peak RSS |"
+echo "|---|---|---|"
+for m in vit vmoe softmoe; do
+  /usr/bin/time -f "%e %M" -o "$tmp/t" "$vmoe" eval -m "data/models/$m-fmnist.safetensors" --data fashion-mnist:test \
+    --format csv >/dev/null
+  read -r wall kb <"$tmp/t"
+  printf "| %s-fmnist | %s s | %.0f MB |\n" "$m" "$wall" "$($py -c "print($kb / 1024)")"
 done
