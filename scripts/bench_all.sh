@@ -38,6 +38,33 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 json() { $py -c "import json,sys; d=json.loads(sys.stdin.read().strip().splitlines()[-1]); print(d$1)"; }
+# The memory target in MB: 2x the weights (the file's tensors) + one batch of activations,
+# taken as one block's live buffers: per token x, h, qkv, attention output (6D), the MLP's
+# hidden row (M) and a row of attention scores (H*T), plus for MoE layers each kept choice's
+# expert input, hidden and output rows (k(2D + M); Soft-MoE: its slots).
+bound_mb() {
+  $py - "$1" "$2" <<'PY'
+import json, struct, sys
+path, B = sys.argv[1], int(sys.argv[2])
+with open(path, "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    header = json.loads(f.read(n))
+cfg = json.loads(header.pop("__metadata__")["vmoe.config"])
+weights = sum(end - begin for begin, end in (v["data_offsets"] for v in header.values()))
+D, M, H = cfg["hidden_size"], cfg["mlp_dim"], cfg["num_heads"]
+ph, pw = cfg["patch"]
+T = (cfg["image"]["height"] // ph) * (cfg["image"]["width"] // pw) + (cfg.get("classifier", "token") == "token")
+moe = cfg.get("moe") or {}
+per_token = 6 * D + M + H * T
+if moe.get("layers"):
+    if moe.get("router", "top_k") == "soft":
+        slots = moe.get("num_experts", 8) * moe.get("slots_per_expert", 1)
+        per_token += 2 * slots + (slots * (2 * D + M) + T - 1) // T
+    else:
+        per_token += moe.get("k", 2) * (2 * D + M) + moe.get("num_experts", 8)
+print((2 * weights + 4 * B * T * per_token) / 2**20)
+PY
+}
 
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC') $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 ceiling=$("$vmoe" bench -m data/models/vit-fmnist.safetensors --batch 1 --seconds 0 --json | json "['matmul_ceiling']['gflops_per_s']")
@@ -53,12 +80,12 @@ if [ -z "${QUICK:-}" ]; then
   for arch in vmoe-s32 vmoe-b16 soft-s16; do
     "$vmoe" init --arch "$arch" --seed 1 -o "$tmp/$arch.safetensors" >/dev/null
   done
-  cases+=("$tmp/vmoe-s32.safetensors 1,8,64" "$tmp/vmoe-b16.safetensors 1,8" "$tmp/soft-s16.safetensors 1,8")
+  cases+=("$tmp/vmoe-s32.safetensors 1,8,64" "$tmp/vmoe-b16.safetensors 1,8" "$tmp/soft-s16.safetensors 1")
 fi
 
 header="| model | batch | vmoe images/s |"
 [ -n "$base" ] && header+=" base images/s |"
-header+=" PyTorch images/s | ratio | GFLOP/s | % of ceiling | vmoe peak RSS | PyTorch peak RSS |"
+header+=" PyTorch images/s | ratio | GFLOP/s | % of ceiling | vmoe peak RSS | target: 2x weights + activations | PyTorch peak RSS |"
 rows=()
 for c in "${cases[@]}"; do
   read -r model batches <<<"$c"
@@ -90,7 +117,8 @@ for c in "${cases[@]}"; do
     else
       row+=" - | - |"
     fi
-    row+=$(printf " %.1f | %.0f%% | %.0f MB |" "$gflops" "$($py -c "print(100 * $gflops / $ceiling)")" "$($py -c "print($rss / 1024)")")
+    row+=$(printf " %.1f | %.0f%% | %.0f MB | %.0f MB |" "$gflops" "$($py -c "print(100 * $gflops / $ceiling)")" \
+      "$($py -c "print($rss / 1024)")" "$(bound_mb "$model" "$b")")
     if [ -n "$t_rss" ]; then row+=$(printf " %.0f MB |" "$($py -c "print($t_rss / 1024)")"); else row+=" - |"; fi
     rows+=("$row")
     echo "$row" >&2

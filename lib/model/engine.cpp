@@ -1,9 +1,12 @@
 #include "model/engine.hpp"
 
+#include <omp.h>
+
 #include <cmath>
 #include <cstring>
 
 #include "core/error.hpp"
+#include "model/cost.hpp"
 #include "moe/soft_moe.hpp"
 #include "nn/attention.hpp"
 
@@ -15,6 +18,30 @@ using nn::GemmSpec;
 namespace {
 // The oneDNN post-op of every MLP's hidden layer: the config's GELU form.
 Activation gelu_activation(const ModelConfig& c) { return c.gelu == Gelu::erf ? Activation::gelu_erf : Activation::gelu_tanh; }
+
+// Below this many FLOPs per encoder block a forward pass runs on one thread: each oneDNN
+// primitive and each of our parallel loops wakes the other OpenMP thread (a futex wake
+// with the passive wait policy), which costs more than the half of a tiny matmul it
+// takes over. Batch 1 of the Fashion-MNIST models (about 12 MFLOP per block) ran about
+// twice as fast on one thread as on two (docs/BENCHMARKS.md); at batch 8 (about 100
+// MFLOP per block) two threads win again.
+constexpr double kMinFlopsPerBlockForThreads = 32e6;
+
+// Lowers the OpenMP thread count of this thread's later parallel regions (oneDNN's
+// included) for the scope, then restores it.
+class ThreadLimit {
+ public:
+  explicit ThreadLimit(int threads) : saved_(omp_get_max_threads()) {
+    if (threads < saved_) omp_set_num_threads(threads);
+  }
+  ~ThreadLimit() { omp_set_num_threads(saved_); }
+  ThreadLimit(const ThreadLimit&) = delete;
+  ThreadLimit& operator=(const ThreadLimit&) = delete;
+
+ private:
+  int saved_;
+};
+
 }  // namespace
 
 Engine::Engine(const Model& model) : model_(model) {
@@ -163,8 +190,15 @@ void Engine::head(float* logits, const float* x, int B, StageTimes* times) {
   cache_.gemm(s).run(logits, features, p.head_kernel.data(), p.head_bias.data());
 }
 
+int Engine::threads_for_batch(int B) const {
+  const ModelConfig& c = model_.config;
+  const double flops_per_block = model_cost(c, routing()).flops_total() * B / c.num_layers;
+  return flops_per_block < kMinFlopsPerBlockForThreads ? 1 : omp_get_max_threads();
+}
+
 void Engine::forward(float* logits, const float* images, int B, RoutingTrace* trace, StageTimes* times) {
   if (B <= 0) fail("forward: batch of {} images", B);
+  const ThreadLimit limit(threads_for_batch(B));
   const ModelConfig& c = model_.config;
   const int64_t N = int64_t{B} * c.num_tokens();
   float* x = x_.reserve(N * c.hidden_size);

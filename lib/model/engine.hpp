@@ -27,6 +27,9 @@ class Engine {
   void forward(float* logits, const float* images, int B, RoutingTrace* trace = nullptr, StageTimes* times = nullptr);
 
   size_t primitives_created() const { return cache_.size(); }
+  // OpenMP threads a forward pass of B images uses: 1 when the work per block is too small
+  // to split, else all.
+  int threads_for_batch(int B) const;
 
  private:
   struct PackedBlock {

@@ -1,5 +1,7 @@
 #include "nn/primitive_cache.hpp"
 
+#include <omp.h>
+
 namespace vmoe::nn {
 
 const Gemm& PrimitiveCache::gemm(const GemmSpec& s) {
@@ -24,20 +26,21 @@ const Gemm& PrimitiveCache::gemm(const GemmSpec& s) {
               s.bias,
               static_cast<int>(s.activation),
               s.alpha,
-              s.beta};
+              s.beta,
+              omp_get_max_threads()};
   auto& slot = gemms_[key];
   if (!slot) slot = std::make_unique<Gemm>(s);
   return *slot;
 }
 
 const LayerNorm& PrimitiveCache::layer_norm(int64_t rows, int64_t cols, float eps) {
-  auto& slot = norms_[{rows, cols, eps}];
+  auto& slot = norms_[{rows, cols, eps, omp_get_max_threads()}];
   if (!slot) slot = std::make_unique<LayerNorm>(rows, cols, eps);
   return *slot;
 }
 
 const Softmax& PrimitiveCache::softmax(int64_t rows, int64_t cols) {
-  auto& slot = softmaxes_[{rows, cols}];
+  auto& slot = softmaxes_[{rows, cols, omp_get_max_threads()}];
   if (!slot) slot = std::make_unique<Softmax>(rows, cols);
   return *slot;
 }

@@ -1,6 +1,8 @@
 #pragma once
-// Primitives keyed by their shape: the first request creates one, later requests get
-// the same object back. An engine owns one cache, so it creates each shape once.
+// Primitives keyed by their shape and the OpenMP thread count in force: the first request
+// creates one, later requests get the same object back. An engine owns one cache, so it
+// creates each shape once per thread count. (A oneDNN primitive keeps the thread count it
+// was created with, so one created for a 1-thread batch must not serve a 2-thread one.)
 #include <map>
 #include <memory>
 #include <tuple>
@@ -19,10 +21,10 @@ class PrimitiveCache {
 
  private:
   using GemmKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool, bool, int64_t, int64_t, int64_t, int64_t,
-                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, int, float, float>;
+                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, int, float, float, int>;
   std::map<GemmKey, std::unique_ptr<Gemm>> gemms_;
-  std::map<std::tuple<int64_t, int64_t, float>, std::unique_ptr<LayerNorm>> norms_;
-  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Softmax>> softmaxes_;
+  std::map<std::tuple<int64_t, int64_t, float, int>, std::unique_ptr<LayerNorm>> norms_;
+  std::map<std::tuple<int64_t, int64_t, int>, std::unique_ptr<Softmax>> softmaxes_;
 };
 
 }  // namespace vmoe::nn

@@ -3,6 +3,8 @@
 // the shapes of the ImageNet-sized architectures.
 #include <catch2/catch.hpp>
 
+#include <omp.h>
+
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -421,6 +423,21 @@ TEST_CASE("vmoe-s32 at full size: engine vs naive forward", "[.][slow][model][ar
   CHECK(testutil::max_abs_diff(logits.data(), want.data(), want.size()) <= kLogitTol);
   REQUIRE(trace.layers.size() == 2);
   for (size_t l = 0; l < 2; ++l) CHECK(trace.layers[l].times_taken == info.layers[l].times_taken);
+}
+
+TEST_CASE("small batches run on one thread, with primitives of their own", "[model][onednn]") {
+  Model model = make_model(arch("vmoe-fmnist"), 85);
+  Engine engine(model);
+  // About 12 MFLOP per block and image: one image is below the threshold, 64 are not.
+  CHECK(engine.threads_for_batch(1) == 1);
+  CHECK(engine.threads_for_batch(64) == omp_get_max_threads());
+  auto images = random_images(model.config, 5, 87);
+  std::vector<float> five(5 * model.config.num_classes), one(model.config.num_classes);
+  engine.forward(five.data(), images.data(), 5);
+  const int threads = omp_get_max_threads();
+  engine.forward(one.data(), images.data(), 1);
+  CHECK(omp_get_max_threads() == threads);  // the caller's thread count is restored
+  CHECK(testutil::max_abs_diff(one.data(), five.data(), one.size()) <= 1e-5);
 }
 
 TEST_CASE("the engine creates primitives once per shape and reuses them", "[model][onednn]") {

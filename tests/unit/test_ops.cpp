@@ -9,6 +9,8 @@
 // the typical error, so the tests cannot flake on an unlucky seed.
 #include <catch2/catch.hpp>
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -500,4 +502,25 @@ TEST_CASE("attention_forward matches naive multi-head attention", "[ops][attenti
         }
     CHECK(bad == 0);
   }
+}
+
+// A oneDNN primitive keeps the thread count it was created with, so the cache must not
+// hand one created under 1 thread to a caller running 2 (the engine runs small batches on
+// one thread, and its expert GEMMs take their row count at run time, shared by all batches).
+TEST_CASE("PrimitiveCache keys primitives on the OpenMP thread count", "[ops][onednn]") {
+  vmoe::nn::PrimitiveCache cache;
+  vmoe::nn::GemmSpec s;
+  s.runtime_m = true, s.k = 8, s.n = 4;
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const auto* one = &cache.gemm(s);
+  const auto* norm_one = &cache.layer_norm(4, 8, 1e-6f);
+  const auto* softmax_one = &cache.softmax(4, 8);
+  CHECK(&cache.gemm(s) == one);
+  omp_set_num_threads(2);
+  CHECK(&cache.gemm(s) != one);
+  CHECK(&cache.layer_norm(4, 8, 1e-6f) != norm_one);
+  CHECK(&cache.softmax(4, 8) != softmax_one);
+  CHECK(cache.size() == 6);
+  omp_set_num_threads(saved);
 }
