@@ -11,7 +11,8 @@
 # built from an older commit: its images/s are measured right before the new one's, as a
 # "base" column); SECONDS_PER (timed seconds per measurement, default 3); QUICK=1 (bundled
 # models at batch 64 and 256 only, no official sizes, no evaluation); NO_TORCH=1.
-# PyTorch comes from Debian (python3-torch, installed here if missing) with OpenBLAS
+# PyTorch runs with OMP_WAIT_POLICY=passive, as vmoe does (with spinning waits it was 2-3x
+# slower on the shared machine), from Debian (python3-torch, installed here if missing) with OpenBLAS
 # (libopenblas0-openmp, loaded through LD_LIBRARY_PATH so the system's default BLAS is
 # left alone: with Debian's reference BLAS PyTorch is several times slower still).
 set -euo pipefail
@@ -95,7 +96,7 @@ for c in "${cases[@]}"; do
   if [ -z "${NO_TORCH:-}" ]; then
     check=""
     # the logits check needs classify on 3 images: cheap except for the 224-px models
-    LD_LIBRARY_PATH=$openblas $py scripts/bench_vs_torch.py -m "$model" --batch "$batches" --seconds "$secs" \
+    OMP_WAIT_POLICY=passive LD_LIBRARY_PATH=$openblas $py scripts/bench_vs_torch.py -m "$model" --batch "$batches" --seconds "$secs" \
       --threads 2 --check "$vmoe" >"$torch_out"
     grep -q '"check": "ok"' "$torch_out" || { echo "bench_all: PyTorch check failed for $model" >&2; exit 1; }
   fi
