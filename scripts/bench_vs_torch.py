@@ -5,7 +5,7 @@
                     [--check VMOE_BINARY]
 
 Builds an nn.Module from our safetensors file (DESIGN.md §2-§4: pre-LN ViT with
-nn.MultiheadAttention, GELU tanh; V-MoE top-k with capacity and batch priority routing as
+nn.MultiheadAttention, GELU tanh or erf as the config says; V-MoE top-k with capacity and batch priority routing as
 one-hot dispatch/combine einsums, as the official JAX code does; Soft-MoE as the paper's
 einsums; experts as one batched matmul), then for each batch size times forward passes on
 random images (1 warm-up pass, then at least 2 passes and S seconds) and prints one JSON line:
@@ -89,26 +89,27 @@ def capacity(tokens, experts, factor, multiple_of, rounding):
 class Experts(nn.Module):
     """E MLPs run as one batched matmul: (E, rows, D) -> (E, rows, D)."""
 
-    def __init__(self, p, prefix):
+    def __init__(self, p, prefix, gelu):
         super().__init__()
+        self.gelu = gelu  # "tanh" or "none" (erf), F.gelu's approximate
         self.w0 = nn.Parameter(p[prefix + "Mlp/Dense_0/kernel"])  # (E, D, M)
         self.b0 = nn.Parameter(p[prefix + "Mlp/Dense_0/bias"].unsqueeze(1))  # (E, 1, M)
         self.w1 = nn.Parameter(p[prefix + "Mlp/Dense_1/kernel"])  # (E, M, D)
         self.b1 = nn.Parameter(p[prefix + "Mlp/Dense_1/bias"].unsqueeze(1))  # (E, 1, D)
 
     def forward(self, x):
-        h = F.gelu(torch.baddbmm(self.b0, x, self.w0), approximate="tanh")
+        h = F.gelu(torch.baddbmm(self.b0, x, self.w0), approximate=self.gelu)
         return torch.baddbmm(self.b1, h, self.w1)
 
 
 class TopKMoe(nn.Module):
     """V-MoE top-k with capacity and BPR (§4), as dispatch/combine tensors (G, S, E, C)."""
 
-    def __init__(self, p, prefix, moe, tokens_per_image):
+    def __init__(self, p, prefix, moe, tokens_per_image, gelu):
         super().__init__()
         self.router = nn.Linear(p[prefix + "Router/dense/kernel"].shape[0], moe["num_experts"], bias=False)
         self.router.weight = nn.Parameter(p[prefix + "Router/dense/kernel"].T.contiguous())
-        self.experts = Experts(p, prefix)
+        self.experts = Experts(p, prefix, gelu)
         self.moe = moe
         self.group = moe["group_images"] * tokens_per_image
 
@@ -152,12 +153,12 @@ class TopKMoe(nn.Module):
 class SoftMoe(nn.Module):
     """Soft-MoE (§4): dispatch softmax over tokens, combine softmax over slots."""
 
-    def __init__(self, p, prefix, moe, tokens_per_image):
+    def __init__(self, p, prefix, moe, tokens_per_image, gelu):
         super().__init__()
         mu = p[prefix + "Router/mu"]  # (D, E, P)
         mun = mu * torch.rsqrt((mu ** 2).sum(0, keepdim=True) + 1e-6)
         self.mu = nn.Parameter(mun * p[prefix + "Router/scale"])  # normalised once: it is a weight
-        self.experts = Experts(p, prefix)
+        self.experts = Experts(p, prefix, gelu)
         self.group = moe["group_images"] * tokens_per_image
 
     def forward(self, x):
@@ -179,13 +180,14 @@ class SoftMoe(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, p, prefix):
+    def __init__(self, p, prefix, gelu):
         super().__init__()
+        self.gelu = gelu
         self.fc0 = linear(p[prefix + "Mlp/Dense_0/kernel"], p[prefix + "Mlp/Dense_0/bias"])
         self.fc1 = linear(p[prefix + "Mlp/Dense_1/kernel"], p[prefix + "Mlp/Dense_1/bias"])
 
     def forward(self, x):
-        return self.fc1(F.gelu(self.fc0(x), approximate="tanh"))
+        return self.fc1(F.gelu(self.fc0(x), approximate=self.gelu))
 
 
 def linear(kernel, bias):
@@ -217,12 +219,13 @@ class Block(nn.Module):
         self.attn.out_proj.bias = nn.Parameter(p[a + "out/bias"])
         moe = {**MOE_DEFAULTS, **(cfg.get("moe") or {})}
         T = cfg["_tokens"]
+        gelu = "none" if cfg.get("gelu", "tanh") == "erf" else "tanh"
         if i in moe["layers"]:
-            self.mlp = (SoftMoe if moe["router"] == "soft" else TopKMoe)(p, pre + "Moe/", moe, T)
+            self.mlp = (SoftMoe if moe["router"] == "soft" else TopKMoe)(p, pre + "Moe/", moe, T, gelu)
             if moe["router"] == "experts_choice":
                 raise ValueError("bench_vs_torch: experts-choice routing is not modelled here")
         else:
-            self.mlp = Mlp(p, pre)
+            self.mlp = Mlp(p, pre, gelu)
 
     def forward(self, x):
         h = self.ln0(x)
