@@ -22,9 +22,9 @@ Activation gelu_activation(const ModelConfig& c) { return c.gelu == Gelu::erf ? 
 // Below this many FLOPs per encoder block a forward pass runs on one thread: each oneDNN
 // primitive and each of our parallel loops wakes the other OpenMP thread (a futex wake
 // with the passive wait policy), which costs more than the half of a tiny matmul it
-// takes over. Batch 1 of the Fashion-MNIST models (about 12 MFLOP per block) ran about
-// twice as fast on one thread as on two (docs/BENCHMARKS.md); at batch 8 (about 100
-// MFLOP per block) two threads win again.
+// takes over. Batch 1 of the Fashion-MNIST models (about 12 MFLOP per block) ran 2.3-3x
+// faster on one thread than on two (docs/BENCHMARKS.md). From batch 3 (36 MFLOP) on, the
+// primitives are large enough to split when the second core is free.
 constexpr double kMinFlopsPerBlockForThreads = 32e6;
 
 // Lowers the OpenMP thread count of this thread's later parallel regions (oneDNN's
