@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# scripts/fuzz.sh [SECONDS] [TARGET...]: builds the fuzz targets (tests/fuzz/fuzz_*.cpp)
+# with clang's libFuzzer plus AddressSanitizer and UndefinedBehaviorSanitizer in
+# build-fuzz/, then runs each target for SECONDS (default 60) starting from the committed
+# seed corpus. Targets: safetensors config_json image idx train_state (default: all).
+# New inputs go to build-fuzz/corpus/TARGET, crashes to build-fuzz/artifacts/, the log
+# of each run to build-fuzz/logs/TARGET.log. Exits non-zero if any target found a crash.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=${1:-60}
+[ $# -gt 0 ] && shift
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(safetensors config_json image idx train_state)
+
+# Debian's clang 14 with its libFuzzer/sanitizer runtimes and LLVM's OpenMP.
+packages=(clang libclang-rt-14-dev libomp-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "fuzz: installing ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+flags="-g -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Release -DVMOE_LIBFUZZER=ON \
+  -DCMAKE_CXX_FLAGS="$flags" >/dev/null
+cmake --build build-fuzz -j"$(nproc)" --target "${targets[@]/#/fuzz_}" >&2
+
+mkdir -p build-fuzz/logs build-fuzz/artifacts
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# As `vmoe` does before OpenCV loads (apps/vmoe/main.cpp): its decoders stop at our pixel limit.
+export OPENCV_IO_MAX_IMAGE_PIXELS=${OPENCV_IO_MAX_IMAGE_PIXELS:-67108864}
+status=0
+for t in "${targets[@]}"; do
+  mkdir -p "build-fuzz/corpus/$t"
+  log="build-fuzz/logs/$t.log"
+  # -rss_limit_mb: the limits we state (64 M pixels, 2^30 parameters, ...) keep honest
+  # inputs well below it; an input that needs more is a finding.
+  if "build-fuzz/tests/fuzz_$t" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2560 -print_final_stats=1 \
+       -artifact_prefix="build-fuzz/artifacts/$t-" "build-fuzz/corpus/$t" "tests/fuzz/corpus/$t" >"$log" 2>&1; then
+    result="no crash"
+  else
+    result="CRASH (see $log and build-fuzz/artifacts/$t-*)"
+    status=1
+  fi
+  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
+  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo "?")
+  echo "fuzz: $t: ${seconds} s, $runs runs, coverage $cov edges, corpus $(ls "build-fuzz/corpus/$t" | wc -l) new inputs: $result"
+done
+exit $status
