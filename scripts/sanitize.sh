@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 fuzz_seconds=${1:-30}
 
 scripts/setup.sh >/dev/null 2>&1 || scripts/setup.sh  # the packages (and the ordinary build)
-flags="-g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS="$flags" >/dev/null
+# Build type "Sanitize" has no flags of its own: -O1 (sanitizers' advice; it compiles about
+# twice as fast as -O2 with instrumentation), asserts on.
+flags="-O1 -g -march=x86-64-v3 -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Sanitize -DCMAKE_CXX_FLAGS="$flags" >/dev/null
 start=$(date +%s)
 cmake --build build-asan -j"$(nproc)" >&2
 built=$(date +%s)

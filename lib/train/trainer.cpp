@@ -309,6 +309,18 @@ TrainingState read_training_state(const std::string& path) {
   }
   if ((state.step == 0) != (state.epochs_done == 0))
     fail("{}: bad vmoe.train metadata: {} epochs done but step {}", path, state.epochs_done, state.step);
+  // Every tensor present with the right dtype and shape before anything is allocated:
+  // a config claiming a huge model then costs nothing, since the file must hold the data.
+  for (const char* prefix : {"", "adam_m/", "adam_v/"}) {
+    VitParams shapes;
+    for (const ParamSlot& slot : param_slots(shapes, state.config)) {
+      auto it = file.tensors().find(prefix + slot.name);
+      if (it == file.tensors().end()) fail("{}: missing tensor \"{}{}\"", path, prefix, slot.name);
+      if (it->second.shape != slot.shape)
+        fail("{}: tensor \"{}{}\" has shape {}, expected {}", path, prefix, slot.name, shape_str(it->second.shape),
+             shape_str(slot.shape));
+    }
+  }
   state.model.config = state.config;
   state.model.params = allocate_params(state.config);
   AdamWConfig adam;

@@ -264,13 +264,14 @@ TEST_CASE("a .train state with nonsense settings is refused on resume (item 6)",
                    {"batch", 8}, {"lr", 1e-3}, {"warmup_epochs", 1.0}, {"weight_decay", 0.05}, {"clip_norm", 1.0},
                    {"label_smoothing", 0.1}, {"importance_weight", 0.005}, {"load_weight", 0.005}, {"augment", true},
                    {"crop_padding", 2}, {"flip", true}, {"seed", 0}, {"limit", -1}, {"test_limit", -1}};
-  auto write_state = [&](const json& run) {
+  auto write_state = [&](const json& run, std::string config_text = "") {
+    if (config_text.empty()) config_text = config_to_json(c);
     NamedTensors named;
     for (const ConstParamSlot& s : param_slots(std::as_const(m.params), c)) named.emplace_back(s.name, s.tensor);
     for (const ParamSlot& s : param_slots(adam.first_moment(), c)) named.emplace_back("adam_m/" + s.name, s.tensor);
     for (const ParamSlot& s : param_slots(adam.second_moment(), c)) named.emplace_back("adam_v/" + s.name, s.tensor);
     const std::string path = dir.file("m.train");
-    write_safetensors(path, named, {{"vmoe.config", config_to_json(c)}, {"vmoe.train", run.dump()}});
+    write_safetensors(path, named, {{"vmoe.config", config_text}, {"vmoe.train", run.dump()}});
     return path;
   };
   auto state_error = [&](const std::function<void(json&)>& edit) {
@@ -294,4 +295,10 @@ TEST_CASE("a .train state with nonsense settings is refused on resume (item 6)",
   CHECK(contains(state_error([](json& r) { r["settings"]["augment"] = 1; }), "augment"));
   CHECK(contains(state_error([](json& r) { r["settings"].erase("seed"); }), "seed"));
   CHECK(contains(state_error([](json& r) { r = json::array(); }), "vmoe.train"));
+  // A config claiming 800 M parameters over small tensors: refused before the 10 GB of
+  // weights and moments it would take were allocated.
+  json big = json::parse(config_to_json(c));
+  big["hidden_size"] = 1024, big["num_heads"] = 8, big["mlp_dim"] = 65536, big["num_layers"] = 6;
+  const std::string path = write_state({{"settings", settings}, {"epochs_done", 1}, {"step", 10}}, big.dump());
+  CHECK(contains(error_of([&] { train::read_training_state(path); }), "has shape"));
 }
