@@ -16,10 +16,6 @@ rm -rf "$work"
 mkdir -p "$work"
 cd "$work" || exit 1
 
-mentions() {  # mentions DESCRIPTION TEXT: the last error names TEXT
-  grep -qF -- "$2" err.txt || fail "$1: error does not mention \"$2\": $(head -c 300 err.txt)"
-}
-
 if [ ! -e "$fmnist/train-images-idx3-ubyte.gz" ]; then
   echo "FAIL: $fmnist is missing (scripts/setup.sh installs dataset-fashion-mnist)"
   exit 1

@@ -16,9 +16,6 @@ rm -rf "$work"
 mkdir -p "$work"
 cd "$work" || exit 1
 
-mentions() {  # mentions DESCRIPTION TEXT: the last error names TEXT
-  grep -qF -- "$2" err.txt || fail "$1: error does not mention \"$2\": $(head -c 300 err.txt)"
-}
 logits() {  # logits JSON_FILE: the first result's logits, one per line
   /usr/bin/python3 -c 'import json,sys; print("\n".join(str(v) for v in json.load(open(sys.argv[1]))["results"][0]["logits"]))' "$1"
 }

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "core/error.hpp"
+
 namespace testutil {
 
 inline std::vector<float> random_normal(size_t n, uint64_t seed, float stddev = 1.0f, float mean = 0.0f) {
@@ -58,5 +60,18 @@ inline double max_abs_diff(const float* a, const float* b, size_t n) {
   for (size_t i = 0; i < n; ++i) m = std::max(m, std::fabs(double{a[i]} - b[i]));
   return m;
 }
+
+// The error message of f(), or "" when it did not throw vmoe::Error.
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const vmoe::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 }  // namespace testutil

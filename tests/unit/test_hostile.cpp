@@ -33,16 +33,8 @@ using json = nlohmann::json;
 
 namespace {
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+using testutil::contains;
+using testutil::error_of;
 bool one_line(const std::string& s) {
   for (unsigned char c : s)
     if (c < 0x20 || c == 0x7f) return false;

@@ -27,18 +27,8 @@ using json = nlohmann::json;
 
 namespace {
 
-// The error message of f(), or "" when it did not throw vmoe::Error.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+using testutil::contains;
+using testutil::error_of;
 
 // A safetensors file written by hand from the format's definition, independent of the
 // library's writer: u64 LE header length, header, data.

@@ -7,6 +7,10 @@ fail() {
   failures=$((failures + 1))
 }
 
+mentions() {  # mentions DESCRIPTION TEXT: the last error names TEXT
+  grep -qF -- "$2" err.txt || fail "$1: error does not mention \"$2\": $(head -c 300 err.txt)"
+}
+
 # expect CODE DESCRIPTION -- command...: exit code CODE; on failure exactly one line on
 # stderr ("vmoe: error: ..."; CLI11's usage errors add a "Run with --help" line) and
 # nothing on stdout. The command's output is left in out.txt and err.txt.
