@@ -53,9 +53,12 @@ struct RoutingFlags {
   std::optional<double> capacity_factor;
   std::string routing;
   std::optional<int> group_images;
+  std::string priority, overflow;
   RoutingOverrides overrides() const;
 };
 void add_routing_options(CLI::App& app, RoutingFlags& flags, bool with_capacity_factor = true);
+// --priority and --overflow (top-k routing variants).
+void add_priority_options(CLI::App& app, std::string& priority, std::string& overflow);
 // The model's routing with the flags applied and checked against the model (tokens per
 // group, capacity): a problem is the flags' fault, so it is a UsageError (exit 2).
 MoeConfig checked_routing(const ModelConfig& model, const RoutingFlags& flags);

@@ -118,7 +118,16 @@ RoutingOverrides RoutingFlags::overrides() const {
   if (routing == "bpr") o.batch_priority = true;
   else if (routing == "vanilla") o.batch_priority = false;
   o.group_images = group_images;
+  if (!priority.empty()) o.priority = parse_priority(priority);
+  if (!overflow.empty()) o.overflow = parse_overflow(overflow);
   return o;
+}
+
+void add_priority_options(CLI::App& app, std::string& priority, std::string& overflow) {
+  app.add_option("--priority", priority, "BPR scorer: max_gate, sum_gates, entropy, random or learned (default: model's)")
+      ->check(CLI::IsMember({"max_gate", "sum_gates", "entropy", "random", "learned"}));
+  app.add_option("--overflow", overflow, "a choice whose expert is full: drop, or next (its next expert with room)")
+      ->check(CLI::IsMember({"drop", "next"}));
 }
 
 void add_routing_options(CLI::App& app, RoutingFlags& flags, bool with_capacity_factor) {
@@ -129,6 +138,7 @@ void add_routing_options(CLI::App& app, RoutingFlags& flags, bool with_capacity_
       ->check(CLI::IsMember({"bpr", "vanilla"}));
   app.add_option("--group-images", flags.group_images, "images routed together in one group (default: model's, 1)")
       ->check(CLI::Range(1LL, kMaxGroupTokens));
+  add_priority_options(app, flags.priority, flags.overflow);
 }
 
 }  // namespace vmoe::cli

@@ -39,14 +39,12 @@ Run add_info(CLI::App& root) {
       for (int layer : m.layers) {
         nlohmann::json l{{"layer", layer}, {"router", to_string(m.router)}, {"num_experts", m.num_experts}};
         if (m.router == RouterKind::top_k) {
-          const int64_t cap = expert_capacity(int64_t{S} * m.k, m.num_experts, m.capacity_factor, m.capacity_rounding,
-                                              m.capacity_multiple_of);
+          const int64_t cap = group_capacity(m, S);
           l["k"] = m.k;
           l["capacity"] = cap;
           l["effective_capacity_factor"] = effective_capacity_factor(cap, m.num_experts, int64_t{S} * m.k);
         } else if (m.router == RouterKind::experts_choice) {
-          const int64_t cap = std::min<int64_t>(
-              expert_capacity(S, m.num_experts, m.capacity_factor, m.capacity_rounding, m.capacity_multiple_of), S);
+          const int64_t cap = group_capacity(m, S);
           l["capacity"] = cap;
           l["effective_capacity_factor"] = effective_capacity_factor(cap, m.num_experts, S);
         } else {
@@ -71,8 +69,13 @@ Run add_info(CLI::App& root) {
                      {"gflops_per_image", cost.flops_total() / 1e9},
                      {"moe_layers", layers}};
     if (routing) {
-      j["capacity_factor"] = routing->capacity_factor;
+      j["capacity_factor"] = routing->dropless ? nlohmann::json(nullptr) : nlohmann::json(routing->capacity_factor);
       j["routing"] = routing->batch_priority ? "bpr" : "vanilla";
+      if (routing->router == RouterKind::top_k) {
+        j["priority"] = to_string(routing->priority);
+        j["gating"] = to_string(routing->gating);
+        j["overflow"] = to_string(routing->overflow);
+      }
       j["group_images"] = routing->group_images;
     }
     if (args->json) {
@@ -96,7 +99,11 @@ Run add_info(CLI::App& root) {
       return;
     }
     fmt::print("routing      {}, capacity factor {}, groups of {} image(s) = {} tokens\n",
-               routing->batch_priority ? "bpr" : "vanilla", routing->capacity_factor, routing->group_images, S);
+               routing->batch_priority ? fmt::format("bpr by {}", to_string(routing->priority)) : std::string("vanilla"),
+               routing->dropless ? std::string("none (dropless)") : fmt::format("{}", routing->capacity_factor),
+               routing->group_images, S);
+    if (routing->router == RouterKind::top_k && (routing->gating != Gating::softmax_topk || routing->overflow != Overflow::drop))
+      fmt::print("variants     gating {}, overflow {}\n", to_string(routing->gating), to_string(routing->overflow));
     for (const auto& l : layers) {
       std::string detail;
       if (l.contains("capacity"))

@@ -26,6 +26,7 @@ struct RouteArgs {
   std::string out_dir = "route-out";
   std::string capacity_factors;
   std::string routing;
+  std::string priority, overflow;
   std::string layer = "all";
   std::string resize;
   bool json = false;
@@ -36,7 +37,7 @@ using nlohmann::json;
 
 std::string routing_label(const MoeLayerTrace& t) {
   switch (t.router) {
-    case RouterKind::top_k: return t.batch_priority ? "bpr" : "vanilla";
+    case RouterKind::top_k: return t.batch_priority ? "bpr" : "vanilla";  // the scorer is "priority"
     case RouterKind::experts_choice: return "experts_choice";
     case RouterKind::soft: return "soft";
   }
@@ -70,6 +71,12 @@ json layer_json(const MoeLayerTrace& t, const RouteResult& r) {
             {"dropped", N ? static_cast<double>(n.dropped_tokens) / N : 0.0},
             {"dropped_tokens", n.dropped_tokens},
             {"dropped_choices", n.dropped_choices}};
+  if (t.router == RouterKind::top_k) {
+    j["priority"] = to_string(t.priority);  // BPR's scorer (used when routing is bpr)
+    j["gating"] = to_string(t.gating);
+    j["overflow"] = to_string(t.overflow);
+    if (t.dropless) j["capacity_factor"] = nullptr;
+  }
   json gates = json::array(), choices = json::array(), dispatch = json::array(), combine = json::array();
   if (t.router == RouterKind::soft) {
     const int S = E * t.slots_per_expert;
@@ -99,7 +106,10 @@ json layer_json(const MoeLayerTrace& t, const RouteResult& r) {
       choices.push_back(std::move(row));
     }
     j["times_taken"] = t.times_taken;
-    if (t.router == RouterKind::top_k) j["priority_rank"] = t.priority_rank;
+    if (t.router == RouterKind::top_k) {
+      j["priority_rank"] = t.priority_rank;
+      j["priority_score"] = t.priority_score;
+    }
   }
   j["gates"] = std::move(gates);
   j["choices"] = std::move(choices);
@@ -148,6 +158,8 @@ json route_json(const RouteResult& r, const std::vector<std::string>& files) {
               {"router", to_string(moe.router)},
               {"capacity_factor", r.main.capacity_factor},
               {"routing", moe.router == RouterKind::top_k ? (r.main.batch_priority ? "bpr" : "vanilla") : to_string(moe.router)},
+              {"priority", r.main.trace.layers.empty() || moe.router != RouterKind::top_k
+                               ? nlohmann::json(nullptr) : nlohmann::json(to_string(r.main.trace.layers.front().priority))},
               {"top", top},
               {"logits", r.main.logits},
               {"layers", layers},
@@ -169,7 +181,9 @@ void print_text(const RouteResult& r, const std::vector<std::string>& files, con
     switch (t.router) {
       case RouterKind::top_k:
         fmt::print("  layer {}: top-{} of {}, {}, capacity {} per expert (factor {}, effective {:.3g}): dropped {}/{} tokens, {}/{} choices\n",
-                   t.layer, t.k, t.num_experts, t.batch_priority ? "bpr" : "vanilla", n.capacity, t.capacity_factor,
+                   t.layer, t.k, t.num_experts,
+                   t.batch_priority ? fmt::format("bpr by {}", to_string(t.priority)) : std::string("vanilla"),
+                   n.capacity, t.capacity_factor,
                    n.effective_factor, n.dropped_tokens, n.tokens, n.dropped_choices, n.choices);
         break;
       case RouterKind::experts_choice:
@@ -214,6 +228,7 @@ Run add_route(CLI::App& root) {
                   "the list for the capacity strip (default strip: 2,1,0.5,0.25,0.1)");
   app->add_option("--routing", args->routing, "bpr (batch priority) or vanilla (token order)")
       ->check(CLI::IsMember({"bpr", "vanilla"}));
+  add_priority_options(*app, args->priority, args->overflow);
   add_resize_option(*app, args->resize);
   app->add_option("--layer", args->layer, "MoE encoder block to show, or all")->capture_default_str();
   app->add_flag("--json", args->json, "print the routing trace as JSON (DESIGN §5)");
@@ -231,6 +246,8 @@ Run add_route(CLI::App& root) {
     else if (args->routing == "vanilla") request.batch_priority = false;
     request.layer = parse_layer(args->layer);
     request.strip = !args->no_pictures;
+    if (!args->priority.empty()) request.priority = parse_priority(args->priority);
+    if (!args->overflow.empty()) request.overflow = parse_overflow(args->overflow);
 
     const std::string path = resolve_model_path(args->model);
     Model model = load_model(path);
@@ -244,6 +261,10 @@ Run add_route(CLI::App& root) {
       throw UsageError(fmt::format("--layer {}: not an MoE block of {} (its MoE blocks are {}; {} blocks in all)",
                                    *request.layer, path, blocks, c.num_layers));
     }
+    RoutingFlags flags;  // the main run's flags, checked against the model: a mismatch is bad usage
+    flags.priority = args->priority, flags.overflow = args->overflow;
+    if (!request.capacity_factors.empty()) flags.capacity_factor = request.capacity_factors.front();
+    checked_routing(c, flags);
     // Fail on an unusable output directory before the work; if this run created it and
     // then fails, take it away again.
     namespace fs = std::filesystem;

@@ -34,12 +34,47 @@ struct TrainArgs {
   train::TrainSettings settings;
   std::string arch, output, log, resume, router, init_from;
   std::optional<int> experts, k, slots, mlp_dim, hidden, layers, heads, group_images;
-  std::optional<double> capacity_factor, noise_std;
+  std::optional<double> capacity_factor, noise_std, eval_capacity_factor;
   std::optional<double> soft_scale_init;
+  std::string priority, gating, overflow;  // top-k variants; empty: the architecture's / file's
+  bool dropless = false;
   std::vector<int> moe_layers;
   bool no_augment = false;
   int threads = 0;
+
+  bool has_routing_variant() const {
+    return eval_capacity_factor || !priority.empty() || !gating.empty() || !overflow.empty() || dropless;
+  }
+  // Routing variants are not architecture, except that `learned` adds a scorer (handled
+  // by the caller when starting from a file).
+  void apply_routing_variant(MoeConfig& m) const {
+    if (capacity_factor && dropless) throw UsageError("--dropless and --capacity-factor contradict each other");
+    if (dropless) m.dropless = true;
+    if (capacity_factor) m.dropless = false;
+    if (eval_capacity_factor) m.eval_capacity_factor = eval_capacity_factor;
+    try {
+      if (!priority.empty()) m.priority = parse_priority(priority);
+      if (!gating.empty()) m.gating = parse_gating(gating);
+      if (!overflow.empty()) m.overflow = parse_overflow(overflow);
+    } catch (const Error& e) {
+      throw UsageError(e.what());
+    }
+  }
 };
+
+// A copy of `model` with a zero learned priority scorer in every MoE block: its output
+// scale 2 sigmoid(0) = 1 leaves the function as it was.
+Model with_learned_scorer(const Model& model) {
+  Model out;
+  out.config = model.config;
+  out.config.moe->priority = Priority::learned;
+  out.params = allocate_params(out.config);
+  const auto src = param_slots(model.params, model.config);
+  for (ParamSlot& slot : param_slots(out.params, out.config))
+    for (const auto& from : src)
+      if (from.name == slot.name) *slot.tensor = from.tensor->clone();
+  return out;
+}
 
 ModelConfig build_config(const TrainArgs& a) {
   ModelConfig c;
@@ -53,7 +88,7 @@ ModelConfig build_config(const TrainArgs& a) {
   if (a.heads) c.num_heads = *a.heads;
   if (a.mlp_dim) c.mlp_dim = *a.mlp_dim;
   const bool moe_flags = a.experts || a.k || a.slots || a.capacity_factor || a.noise_std || !a.router.empty() ||
-                         !a.moe_layers.empty() || a.group_images;
+                         !a.moe_layers.empty() || a.group_images || a.has_routing_variant();
   if (moe_flags && !c.moe) {
     if (a.moe_layers.empty()) throw UsageError(fmt::format("--arch {} is dense: give --moe-layers to add MoE blocks", a.arch));
     c.moe = MoeConfig{};
@@ -70,6 +105,7 @@ ModelConfig build_config(const TrainArgs& a) {
     if (a.capacity_factor) m.capacity_factor = *a.capacity_factor;
     if (a.noise_std) m.noise_std = *a.noise_std;
     if (a.group_images) m.group_images = *a.group_images;
+    a.apply_routing_variant(m);
   }
   try {
     c.validate();
@@ -110,7 +146,9 @@ Model initial_from_file(const TrainArgs& a) {
     wanted.labels = have.labels, wanted.num_classes = have.num_classes;  // the data decides the classes
     if (wanted.moe && have.moe) {  // routing knobs are not architecture
       wanted.moe->capacity_factor = have.moe->capacity_factor, wanted.moe->noise_std = have.moe->noise_std;
-      wanted.moe->group_images = have.moe->group_images;
+      wanted.moe->group_images = have.moe->group_images, wanted.moe->dropless = have.moe->dropless;
+      wanted.moe->eval_capacity_factor = have.moe->eval_capacity_factor, wanted.moe->priority = have.moe->priority;
+      wanted.moe->gating = have.moe->gating, wanted.moe->overflow = have.moe->overflow;
     }
     if (std::string d = first_difference(nlohmann::json::parse(config_to_json(wanted)), nlohmann::json::parse(config_to_json(have)));
         !d.empty())
@@ -123,7 +161,21 @@ Model initial_from_file(const TrainArgs& a) {
     if (a.capacity_factor) m.capacity_factor = *a.capacity_factor;
     if (a.noise_std) m.noise_std = *a.noise_std;
     if (a.group_images) m.group_images = *a.group_images;
-  } else if (a.capacity_factor || a.noise_std || a.group_images) {
+    const bool had_scorer = m.priority == Priority::learned;
+    a.apply_routing_variant(m);
+    if (had_scorer && m.priority != Priority::learned)
+      throw UsageError(fmt::format("{} has a learned priority scorer that scales its MoE outputs: it cannot be "
+                                   "dropped (--priority learned, or start from a model without one)", a.init_from));
+    if (!had_scorer && m.priority == Priority::learned) {
+      m.priority = Priority::max_gate;
+      model = with_learned_scorer(model);
+    }
+    try {
+      model.config.validate();
+    } catch (const Error& e) {
+      throw UsageError(e.what());
+    }
+  } else if (a.capacity_factor || a.noise_std || a.group_images || a.has_routing_variant()) {
     throw UsageError(fmt::format("{} is dense: routing flags do not apply (vmoe upcycle makes an MoE from it)", a.init_from));
   }
   return model;
@@ -166,6 +218,10 @@ Run add_train(CLI::App& root) {
   app->add_option("--label-smoothing", s.label_smoothing, "label smoothing")->check(number_in(0.0, 0.99));
   app->add_option("--importance-weight", s.importance_weight, "importance loss weight")->check(number_in(0, 1e6));
   app->add_option("--load-weight", s.load_weight, "load loss weight")->check(number_in(0, 1e6));
+  app->add_option("--priority-penalty", s.priority_penalty,
+                  "learned priority scorer: loss weight of its mean output scale, which teaches it to silence (and rank "
+                  "last) the tokens whose MoE output does not help")
+      ->check(number_in(0, 1e6));
   app->add_flag("--no-augment", a->no_augment, "no random crop / flip");
   app->add_option("--crop-padding", s.crop_padding, "random crop padding in pixels")->check(CLI::Range(0, 64));
   app->add_option("--seed", s.seed, "seed: same seed, same run");
@@ -181,6 +237,16 @@ Run add_train(CLI::App& root) {
       ->check(positive_at_most(kMaxCapacityFactor));
   app->add_option("--noise-std", a->noise_std, "router noise std (times 1/E)")->check(number_in(0, 1e6));
   app->add_option("--group-images", a->group_images, "images routed together")->check(CLI::Range(1LL, kMaxGroupTokens));
+  app->add_option("--eval-capacity-factor", a->eval_capacity_factor,
+                  "capacity factor for evaluation and inference (default: the training one)")
+      ->check(positive_at_most(kMaxCapacityFactor));
+  app->add_flag("--dropless", a->dropless, "no capacity limit: every expert can take every token (top_k)");
+  app->add_option("--priority", a->priority, "BPR scorer: max_gate, sum_gates, entropy, random or learned (a trained linear scorer)")
+      ->check(CLI::IsMember({"max_gate", "sum_gates", "entropy", "random", "learned"}));
+  app->add_option("--gating", a->gating, "softmax_topk (V-MoE) or topk_softmax (gates renormalised over the k)")
+      ->check(CLI::IsMember({"softmax_topk", "topk_softmax"}));
+  app->add_option("--overflow", a->overflow, "a choice whose expert is full: drop, or next (its next expert with room)")
+      ->check(CLI::IsMember({"drop", "next"}));
   app->add_option("--soft-scale-init", a->soft_scale_init,
                   "initial Soft-MoE logit scale (default sqrt(D); logits are scale * cosine, and the reference code's 1 leaves dispatch near uniform)")
       ->check(positive_at_most(1e6));

@@ -134,7 +134,8 @@ ModelConfig parse_config_json(const std::string& text) {
   if (j.contains("moe") && !j["moe"].is_null()) {
     const json& m = j["moe"];
     reject_unknown_keys(m, {"layers", "router", "num_experts", "k", "capacity_factor", "capacity_rounding",
-                            "capacity_multiple_of", "batch_priority", "group_images", "noise_std", "slots_per_expert"},
+                            "capacity_multiple_of", "batch_priority", "group_images", "noise_std", "slots_per_expert",
+                            "eval_capacity_factor", "priority", "gating", "overflow"},
                         "moe");
     MoeConfig moe;
     moe.layers = get_int_array(m, "layers", "moe", true);
@@ -142,7 +143,16 @@ ModelConfig parse_config_json(const std::string& text) {
                           {{"top_k", RouterKind::top_k}, {"experts_choice", RouterKind::experts_choice}, {"soft", RouterKind::soft}});
     moe.num_experts = get_int(m, "num_experts", moe.num_experts, "moe");
     moe.k = get_int(m, "k", moe.k, "moe");
-    moe.capacity_factor = get_or<double>(m, "capacity_factor", moe.capacity_factor, "moe");
+    if (m.contains("capacity_factor") && m["capacity_factor"].is_null()) moe.dropless = true;  // amendment: null = dropless
+    else moe.capacity_factor = get_or<double>(m, "capacity_factor", moe.capacity_factor, "moe");
+    if (m.contains("eval_capacity_factor") && !m["eval_capacity_factor"].is_null())
+      moe.eval_capacity_factor = get_or<double>(m, "eval_capacity_factor", 0.0, "moe");
+    moe.priority = get_enum(m, "priority", Priority::max_gate, "moe",
+                            {{"max_gate", Priority::max_gate}, {"sum_gates", Priority::sum_gates},
+                             {"entropy", Priority::entropy}, {"random", Priority::random}, {"learned", Priority::learned}});
+    moe.gating = get_enum(m, "gating", Gating::softmax_topk, "moe",
+                          {{"softmax_topk", Gating::softmax_topk}, {"topk_softmax", Gating::topk_softmax}});
+    moe.overflow = get_enum(m, "overflow", Overflow::drop, "moe", {{"drop", Overflow::drop}, {"next", Overflow::next}});
     moe.capacity_rounding = get_enum(m, "capacity_rounding", CapacityRounding::ceil, "moe",
                                      {{"ceil", CapacityRounding::ceil}, {"round", CapacityRounding::round}});
     moe.capacity_multiple_of = get_int(m, "capacity_multiple_of", moe.capacity_multiple_of, "moe");
@@ -191,6 +201,13 @@ std::string config_to_json(const ModelConfig& c) {
                 {"group_images", m.group_images},
                 {"noise_std", m.noise_std},
                 {"slots_per_expert", m.slots_per_expert}};
+    // The routing variants are written only when not the default, so older files and
+    // the files of older runs stay byte for byte as they were.
+    if (m.dropless) j["moe"]["capacity_factor"] = nullptr;
+    if (m.eval_capacity_factor) j["moe"]["eval_capacity_factor"] = *m.eval_capacity_factor;
+    if (m.priority != Priority::max_gate) j["moe"]["priority"] = to_string(m.priority);
+    if (m.gating != Gating::softmax_topk) j["moe"]["gating"] = to_string(m.gating);
+    if (m.overflow != Overflow::drop) j["moe"]["overflow"] = to_string(m.overflow);
   } else {
     j["moe"] = nullptr;
   }

@@ -131,6 +131,7 @@ Model init_model(const ModelConfig& config, uint64_t seed, float soft_scale) {
     else if (ends_with("encoder_norm/scale")) t.fill(1.0f);
     else if (ends_with("Router/scale")) t.fill(soft_scale);
     else if (ends_with("/bias") || n == "cls") t.fill(0.0f);
+    else if (ends_with("Priority/kernel")) t.fill(0.0f);  // output scale 2 sigmoid(0) = 1: starts as without a scorer
     else if (n == "Encoder/posembed_input/pos_embedding") fill_normal(t, 0.02f);
     else if (ends_with("Router/mu")) fill_normal(t, 1.0f / std::sqrt(static_cast<float>(config.hidden_size)));
     else {

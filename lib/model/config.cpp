@@ -27,6 +27,40 @@ const char* to_string(Resize r) {
 
 const char* to_string(Gelu g) { return g == Gelu::erf ? "erf" : "tanh"; }
 
+namespace {
+constexpr std::pair<Priority, const char*> kPriorities[] = {{Priority::max_gate, "max_gate"},
+                                                            {Priority::sum_gates, "sum_gates"},
+                                                            {Priority::entropy, "entropy"},
+                                                            {Priority::random, "random"},
+                                                            {Priority::learned, "learned"}};
+constexpr std::pair<Gating, const char*> kGatings[] = {{Gating::softmax_topk, "softmax_topk"},
+                                                       {Gating::topk_softmax, "topk_softmax"}};
+constexpr std::pair<Overflow, const char*> kOverflows[] = {{Overflow::drop, "drop"}, {Overflow::next, "next"}};
+
+template <class Enum, size_t N>
+const char* name_of(const std::pair<Enum, const char*> (&table)[N], Enum value) {
+  for (const auto& [v, name] : table)
+    if (v == value) return name;
+  return "?";
+}
+template <class Enum, size_t N>
+Enum parse_name(const std::pair<Enum, const char*> (&table)[N], const std::string& name, const char* what) {
+  std::string names;
+  for (const auto& [v, n] : table) {
+    if (name == n) return v;
+    names += names.empty() ? n : std::string(", ") + n;
+  }
+  fail("{} must be one of {}, got \"{}\"", what, names, printable(name));
+}
+}  // namespace
+
+const char* to_string(Priority p) { return name_of(kPriorities, p); }
+const char* to_string(Gating g) { return name_of(kGatings, g); }
+const char* to_string(Overflow o) { return name_of(kOverflows, o); }
+Priority parse_priority(const std::string& name) { return parse_name(kPriorities, name, "priority"); }
+Gating parse_gating(const std::string& name) { return parse_name(kGatings, name, "gating"); }
+Overflow parse_overflow(const std::string& name) { return parse_name(kOverflows, name, "overflow"); }
+
 bool ModelConfig::is_moe_layer(int block) const {
   return moe && std::find(moe->layers.begin(), moe->layers.end(), block) != moe->layers.end();
 }
@@ -48,6 +82,7 @@ int64_t ModelConfig::param_count() const {
     if (is_moe_layer(b)) {
       const int64_t E = moe->num_experts;
       n += E * mlp + (moe->router == RouterKind::soft ? D * E * moe->slots_per_expert + 1 : D * E);
+      if (moe->priority == Priority::learned) n += D + 1;  // the block's priority scorer
     } else {
       n += mlp;
     }
@@ -57,8 +92,16 @@ int64_t ModelConfig::param_count() const {
 }
 
 void check_routing(const ModelConfig& c, const MoeConfig& m) {
-  if (!std::isfinite(m.capacity_factor) || !(m.capacity_factor > 0) || m.capacity_factor > kMaxCapacityFactor)
+  if (!m.dropless && (!std::isfinite(m.capacity_factor) || !(m.capacity_factor > 0) || m.capacity_factor > kMaxCapacityFactor))
     fail("capacity factor must be a number in (0, {}], got {}", kMaxCapacityFactor, m.capacity_factor);
+  if (m.eval_capacity_factor &&
+      (!std::isfinite(*m.eval_capacity_factor) || !(*m.eval_capacity_factor > 0) || *m.eval_capacity_factor > kMaxCapacityFactor))
+    fail("eval capacity factor must be a number in (0, {}], got {}", kMaxCapacityFactor, *m.eval_capacity_factor);
+  const bool top_k = m.router == RouterKind::top_k;
+  if (!top_k && (m.priority != Priority::max_gate || m.gating != Gating::softmax_topk || m.overflow != Overflow::drop))
+    fail("priority, gating and overflow apply to the top_k router, not {}", to_string(m.router));
+  if (m.dropless && m.router != RouterKind::top_k)
+    fail("capacity factor null (dropless) applies to the top_k router, not {}", to_string(m.router));
   if (m.group_images < 1) fail("group size must be at least one image, got {}", m.group_images);
   const long long tokens = 1LL * m.group_images * c.num_tokens();
   if (tokens > kMaxGroupTokens)
@@ -131,8 +174,9 @@ void ModelConfig::validate() const {
   positive("moe.k", moe->k);
   if (moe->router == RouterKind::top_k && moe->k > moe->num_experts)
     fail("config: moe.k {} exceeds moe.num_experts {}", moe->k, moe->num_experts);
-  if (!std::isfinite(moe->capacity_factor) || !(moe->capacity_factor > 0) || moe->capacity_factor > kMaxCapacityFactor)
-    fail("config: moe.capacity_factor must be in (0, {}], got {}", kMaxCapacityFactor, moe->capacity_factor);
+  if (!moe->dropless &&
+      (!std::isfinite(moe->capacity_factor) || !(moe->capacity_factor > 0) || moe->capacity_factor > kMaxCapacityFactor))
+    fail("config: moe.capacity_factor must be in (0, {}] or null, got {}", kMaxCapacityFactor, moe->capacity_factor);
   if (moe->capacity_multiple_of < 0) fail("config: moe.capacity_multiple_of must not be negative");
   at_most("moe.capacity_multiple_of", moe->capacity_multiple_of, 1 << 16);
   positive("moe.group_images", moe->group_images);
@@ -155,11 +199,34 @@ MoeConfig apply_overrides(const ModelConfig& model, const RoutingOverrides& o) {
   return moe;
 }
 
+MoeConfig inference_routing(MoeConfig moe) {
+  if (moe.eval_capacity_factor) {
+    moe.capacity_factor = *moe.eval_capacity_factor;
+    moe.dropless = false;
+    moe.eval_capacity_factor.reset();
+  }
+  return moe;
+}
+
 MoeConfig apply_overrides(MoeConfig moe, const RoutingOverrides& o) {
+  moe = inference_routing(moe);
   if (o.capacity_factor) {
     if (!std::isfinite(*o.capacity_factor) || !(*o.capacity_factor > 0) || *o.capacity_factor > kMaxCapacityFactor)
       fail("capacity factor must be a number in (0, {}], got {}", kMaxCapacityFactor, *o.capacity_factor);
     moe.capacity_factor = *o.capacity_factor;
+    moe.dropless = false;
+  }
+  if (o.priority) {
+    if (moe.router != RouterKind::top_k) fail("--priority applies to the top_k router, not {}", to_string(moe.router));
+    // The learned scorer is a set of weights: only a model trained with one has it.
+    if (*o.priority == Priority::learned && moe.priority != Priority::learned)
+      fail("--priority learned needs a model trained with a learned scorer (its config says priority {})",
+           to_string(moe.priority));
+    moe.priority = *o.priority;
+  }
+  if (o.overflow) {
+    if (moe.router != RouterKind::top_k) fail("--overflow applies to the top_k router, not {}", to_string(moe.router));
+    moe.overflow = *o.overflow;
   }
   if (o.batch_priority) moe.batch_priority = *o.batch_priority;
   if (o.group_images) {

@@ -14,6 +14,11 @@ enum class Classifier { token, gap };
 enum class RouterKind { top_k, experts_choice, soft };
 enum class CapacityRounding { ceil, round };
 enum class Gelu { tanh, erf };  // GELU form of every MLP (amendment: top-level "gelu")
+// Top-k routing variants (docs/ROUTING.md): the order BPR processes tokens in, whether
+// the k gates are renormalised, and where a choice goes when its expert is full.
+enum class Priority { max_gate, sum_gates, entropy, random, learned };
+enum class Gating { softmax_topk, topk_softmax };
+enum class Overflow { drop, next };
 
 struct ImageConfig {
   int height = 28, width = 28, channels = 1;
@@ -34,6 +39,11 @@ struct MoeConfig {
   int group_images = 1;
   double noise_std = 1.0;
   int slots_per_expert = 1;
+  bool dropless = false;  // "capacity_factor": null: every expert has room for every token of its group
+  std::optional<double> eval_capacity_factor;  // the factor at inference when set (training uses capacity_factor)
+  Priority priority = Priority::max_gate;  // BPR's score; `learned` adds a scorer to each MoE block
+  Gating gating = Gating::softmax_topk;
+  Overflow overflow = Overflow::drop;
 };
 
 // Limits on sizes (docs/RELIABILITY.md). Every size is computed in 64 bits and checked
@@ -78,13 +88,25 @@ const char* to_string(RouterKind r);
 const char* to_string(Classifier c);
 const char* to_string(Resize r);
 const char* to_string(Gelu g);
+const char* to_string(Priority p);
+const char* to_string(Gating g);
+const char* to_string(Overflow o);
+// Parse the names above; throw vmoe::Error listing the valid names.
+Priority parse_priority(const std::string& name);
+Gating parse_gating(const std::string& name);
+Overflow parse_overflow(const std::string& name);
 
 // Routing knobs a user may override per run (DESIGN §3: every routing field).
 struct RoutingOverrides {
   std::optional<double> capacity_factor;
   std::optional<bool> batch_priority;  // --routing bpr|vanilla
   std::optional<int> group_images;
+  std::optional<Priority> priority;  // --priority
+  std::optional<Overflow> overflow;  // --overflow
 };
+// The routing inference runs with: eval_capacity_factor, when the file has one, replaces
+// the training factor. Overrides apply on top of this.
+MoeConfig inference_routing(MoeConfig moe);
 MoeConfig apply_overrides(MoeConfig moe, const RoutingOverrides& o);
 // The same for the model's own MoE config, checking the result against the model
 // (tokens per group, capacity range): throws vmoe::Error naming the offending value.

@@ -27,15 +27,14 @@ ModelCost model_cost(const ModelConfig& c, const MoeConfig* routing) {
     double rows = 0;  // expert rows per image
     switch (m.router) {
       case RouterKind::top_k: {
-        int64_t cap = expert_capacity(S * m.k, m.num_experts, m.capacity_factor, m.capacity_rounding, m.capacity_multiple_of);
+        const int64_t cap = group_capacity(m, S);
         rows = std::min<double>(T * m.k, E * cap / m.group_images);
         cost.flops_router += 2 * T * D * E;
         cost.params_active -= static_cast<int64_t>((E - m.k) * expert_params);
         break;
       }
       case RouterKind::experts_choice: {
-        int64_t cap = std::min<int64_t>(
-            expert_capacity(S, m.num_experts, m.capacity_factor, m.capacity_rounding, m.capacity_multiple_of), S);
+        const int64_t cap = group_capacity(m, S);
         rows = E * cap / m.group_images;
         cost.flops_router += 2 * T * D * E;
         cost.params_active -= static_cast<int64_t>((E - std::min(E, rows / T)) * expert_params);

@@ -47,7 +47,7 @@ class ThreadLimit {
 Engine::Engine(const Model& model) : model_(model) {
   const ModelConfig& c = model.config;
   const int64_t D = c.hidden_size;
-  if (c.moe) routing_ = c.moe;
+  if (c.moe) routing_ = inference_routing(*c.moe);
   packed_.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
     const BlockParams& b = model.params.blocks[i];
@@ -137,6 +137,8 @@ void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* tim
   if (c.is_moe_layer(i)) {
     MoeWeights w{b.mlp0_kernel.data(), b.mlp0_bias.data(), b.mlp1_kernel.data(), b.mlp1_bias.data(),
                  b.router_kernel.data(), packed_[i].soft_mu.data(), gelu_activation(c)};
+    if (c.moe->priority == Priority::learned)  // the file's scorer scales outputs whatever --priority orders by
+      w.priority_kernel = b.priority_kernel.data(), w.priority_bias = b.priority_bias.data();
     MoeShape shape{N, static_cast<int>(T), static_cast<int>(D), static_cast<int>(M)};
     moe_forward(x, h, shape, *routing_, w, moe_ws_, cache_, trace, times);
     return;

@@ -121,6 +121,8 @@ nlohmann::json eval_to_json(const EvalResult& r) {
   j["foreground_kept_all"] = k.has_foreground ? json(r.foreground_kept_all()) : json(nullptr);
   j["foreground_kept_any"] = k.has_foreground ? json(r.foreground_kept_any()) : json(nullptr);
   if (k.has_foreground) j["counts"]["foreground_patches"] = k.foreground_patches;
+  j["priority"] = r.priority.empty() ? json(nullptr) : json(r.priority);
+  j["overflow"] = r.overflow.empty() ? json(nullptr) : json(r.overflow);
   return j;
 }
 
@@ -133,6 +135,8 @@ EvalResult eval_from_json(const nlohmann::json& j, const std::string& what) {
   r.has_capacity = j.contains("capacity_factor") && !j["capacity_factor"].is_null();
   if (r.has_capacity) r.capacity_factor = get<double>(j, "capacity_factor", what);
   r.group_images = get<int>(j, "group_images", what);
+  if (j.contains("priority") && j["priority"].is_string()) r.priority = j["priority"].get<std::string>();
+  if (j.contains("overflow") && j["overflow"].is_string()) r.overflow = j["overflow"].get<std::string>();
   r.class_names = get<std::vector<std::string>>(j, "classes", what);
   const nlohmann::json c = get<nlohmann::json>(j, "counts", what);
   const std::string cw = what + ": counts";
@@ -196,7 +200,7 @@ std::string eval_csv_header() {
          "processed_tokens,images_per_s,seconds,shard,dropped_per_layer,choices_dropped_per_layer,"
          // Added by issue 11 (appended: earlier columns keep their positions).
          "foreground_patches_per_image,foreground_kept_all,foreground_kept_any,foreground_kept_all_per_layer,"
-         "foreground_kept_any_per_layer";
+         "foreground_kept_any_per_layer,priority,overflow";
 }
 
 std::string eval_csv_row(const EvalResult& r) {
@@ -207,7 +211,7 @@ std::string eval_csv_row(const EvalResult& r) {
                      r.has_capacity ? fmt::format("{:.6g}", mean_effective(r)) : "", r.group_images, k.images, r.top1(), r.top5(), r.mean_dropped(), r.mean_choices_dropped(),
                      r.processed_tokens(), r.images_per_s(), k.seconds, shard, joined(r.dropped()),
                      joined(r.choices_dropped())) +
-         foreground_csv(r);
+         foreground_csv(r) + "," + r.priority + "," + r.overflow;
 }
 
 std::string eval_text(const EvalResult& r) {
@@ -219,7 +223,10 @@ std::string eval_text(const EvalResult& r) {
   if (r.router == "dense") out += "routing    dense model (no MoE layers)\n";
   else if (r.has_capacity)
     out += fmt::format("routing    {}, capacity factor {}, {} image{} per group\n",
-                       r.routing == r.router ? r.router : r.routing + " (" + r.router + ")", r.capacity_factor, r.group_images, r.group_images == 1 ? "" : "s");
+                       r.routing == r.router ? r.router
+                       : r.routing == "bpr"  ? fmt::format("bpr by {} ({})", r.priority, r.router)
+                                             : r.routing + " (" + r.router + ")",
+                       r.capacity_factor, r.group_images, r.group_images == 1 ? "" : "s");
   else out += fmt::format("routing    {}, {} image{} per group\n", r.router, r.group_images, r.group_images == 1 ? "" : "s");
   out += fmt::format("top-1      {:.2f}%  ({}/{})\n", 100.0 * r.top1(), k.top1, k.images);
   out += fmt::format("top-5      {:.2f}%  ({}/{})\n", 100.0 * r.top5(), k.top5, k.images);

@@ -215,7 +215,8 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
   } else {
     r.router = to_string(moe->router);
     r.routing = moe->router == RouterKind::top_k ? (moe->batch_priority ? "bpr" : "vanilla") : r.router;
-    r.has_capacity = moe->router != RouterKind::soft;
+    r.has_capacity = moe->router != RouterKind::soft && !moe->dropless;
+    if (moe->router == RouterKind::top_k) r.priority = to_string(moe->priority), r.overflow = to_string(moe->overflow);
     r.capacity_factor = r.has_capacity ? moe->capacity_factor : 0.0;
     r.group_images = moe->group_images;
   }
@@ -330,6 +331,8 @@ EvalResult merge_results(const std::vector<EvalResult>& parts) {
     same("data", p.data, out.data);
     same("router", p.router, out.router);
     same("routing", p.routing, out.routing);
+    same("priority", p.priority, out.priority);
+    same("overflow", p.overflow, out.overflow);
     same("capacity factor", p.capacity_factor, out.capacity_factor);
     same("group size", p.group_images, out.group_images);
     same("class list", p.class_names, out.class_names);

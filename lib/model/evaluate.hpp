@@ -52,6 +52,7 @@ struct EvalResult {
   std::string model, data;
   std::string router;  // top_k | experts_choice | soft | dense
   std::string routing;  // bpr | vanilla for top-k; the router name otherwise
+  std::string priority, overflow;  // top-k: BPR's scorer and the overflow rule; empty otherwise
   double capacity_factor = 0;  // requested factor (0 when the model has no capacity)
   bool has_capacity = false;  // top-k or experts-choice
   int group_images = 1;

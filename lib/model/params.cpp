@@ -55,6 +55,10 @@ std::vector<Slot> collect_slots(Params& p, const ModelConfig& c) {
       } else {
         s.push_back({pre + "Moe/Router/dense/kernel", {D, E}, &b.router_kernel});
       }
+      if (m.priority == Priority::learned) {
+        s.push_back({pre + "Moe/Priority/kernel", {D}, &b.priority_kernel});
+        s.push_back({pre + "Moe/Priority/bias", {}, &b.priority_bias});
+      }
     } else {
       s.push_back({pre + "Mlp/Dense_0/kernel", {D, M}, &b.mlp0_kernel});
       s.push_back({pre + "Mlp/Dense_0/bias", {M}, &b.mlp0_bias});

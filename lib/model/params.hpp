@@ -23,6 +23,8 @@ struct BlockParams {
   Tensor router_kernel;  // (D, E)     top_k and experts_choice
   Tensor router_mu;  // (D, E, P)  soft
   Tensor router_scale;  // ()         soft
+  Tensor priority_kernel;  // (D)      learned priority scorer (moe.priority "learned")
+  Tensor priority_bias;  // ()
 };
 
 struct VitParams {

@@ -20,10 +20,12 @@ std::string moe_blocks(const ModelConfig& c) {
 }
 
 RoutedRun run_once(Engine& engine, const float* pixels, std::optional<double> factor, std::optional<bool> bpr,
-                   std::optional<int> layer, bool detail) {
+                   const RouteRequest& request, bool detail) {
   RoutingOverrides o;
   o.capacity_factor = factor;
   o.batch_priority = bpr;
+  o.priority = request.priority;
+  o.overflow = request.overflow;
   o.group_images = 1;  // one image: every group is this image alone
   engine.set_routing(o);
   RoutedRun run;
@@ -32,8 +34,8 @@ RoutedRun run_once(Engine& engine, const float* pixels, std::optional<double> fa
   run.logits.resize(engine.config().num_classes);
   run.trace.detail = detail;
   engine.forward(run.logits.data(), pixels, 1, &run.trace);
-  if (layer)
-    std::erase_if(run.trace.layers, [&](const MoeLayerTrace& t) { return t.layer != *layer; });
+  if (request.layer)
+    std::erase_if(run.trace.layers, [&](const MoeLayerTrace& t) { return t.layer != *request.layer; });
   return run;
 }
 
@@ -86,7 +88,7 @@ RouteResult route_image(Engine& engine, const std::string& model_path, const std
 
   std::optional<double> main_factor;
   if (!request.capacity_factors.empty()) main_factor = request.capacity_factors.front();
-  r.main = run_once(engine, r.pixels.data(), main_factor, request.batch_priority, request.layer, true);
+  r.main = run_once(engine, r.pixels.data(), main_factor, request.batch_priority, request, true);
   r.top = top_classes(r.main.logits.data(), c, request.top_classes);
 
   if (request.strip && c.moe->router != RouterKind::soft) {
@@ -95,7 +97,7 @@ RouteResult route_image(Engine& engine, const std::string& model_path, const std
     for (bool bpr : r.strip_rows_bpr)
       for (double f : r.strip_factors) {
         try {
-          r.strip.push_back(run_once(engine, r.pixels.data(), f, bpr, request.layer, false));
+          r.strip.push_back(run_once(engine, r.pixels.data(), f, bpr, request, false));
         } catch (const Error& e) {  // e.g. a factor too small for "round" capacity rounding
           RoutedRun failed;
           failed.capacity_factor = f;
@@ -109,6 +111,8 @@ RouteResult route_image(Engine& engine, const std::string& model_path, const std
   RoutingOverrides o;
   o.capacity_factor = main_factor;
   o.batch_priority = request.batch_priority;
+  o.priority = request.priority;
+  o.overflow = request.overflow;
   o.group_images = 1;
   engine.set_routing(o);
   return r;

@@ -22,6 +22,8 @@ struct RouteRequest {
   // main run and exactly these for the strip.
   std::vector<double> capacity_factors;
   std::optional<bool> batch_priority;  // --routing; empty: the model's
+  std::optional<Priority> priority;  // --priority; empty: the model's
+  std::optional<Overflow> overflow;  // --overflow; empty: the model's
   std::optional<int> layer;  // encoder block; empty: every MoE block
   bool strip = true;  // also run the strip settings (top-k and experts-choice only)
   int top_classes = 5;

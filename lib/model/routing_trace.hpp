@@ -16,13 +16,18 @@ struct MoeLayerTrace {
   int num_experts = 0, k = 0, slots_per_expert = 0;
   int tokens_per_image = 0, group_images = 1;
   double capacity_factor = 0;
+  bool dropless = false;
   bool batch_priority = true;
+  Priority priority = Priority::max_gate;  // BPR's scorer
+  Gating gating = Gating::softmax_topk;
+  Overflow overflow = Overflow::drop;
   std::vector<int> group_capacity;  // per group: slots per expert (top-k, experts-choice)
   // top-k: (N, k)
   std::vector<int> choice_expert;
   std::vector<float> choice_gate;
   std::vector<uint8_t> choice_kept;
   std::vector<int> priority_rank;  // (N) position of the token in its group's processing order
+  std::vector<float> priority_score;  // (N) the scorer's value (larger first under BPR)
   // experts-choice: (N) how many experts took the token; top-k: kept choices
   std::vector<int> times_taken;
   // experts-choice: (N, E) 1 when expert e took token n

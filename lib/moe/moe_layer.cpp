@@ -122,10 +122,15 @@ void token_choice_forward(float* x, const float* h, const MoeShape& sh, const Mo
   const int64_t N = sh.tokens;
   const int D = sh.hidden, E = moe.num_experts;
   float* gates = ws.gates.reserve(N * E);
+  float* scores = nullptr;
   {
     ScopedStage stage(times, &StageTimes::router);
     router_gates(gates, h, w.router, N, D, E, cache);
-    plan_routing(ws, gates, sh, moe);
+    if (w.priority_kernel) {
+      scores = ws.scores.reserve(N);
+      learned_priority(scores, h, w.priority_kernel, *w.priority_bias, N, D);
+    }
+    plan_routing(ws, gates, scores, sh, moe);
   }
   dispatch_run_combine(x, h, N, D, sh.mlp, E, w, ws, cache, times);
   if (trace) fill_trace(*trace, ws, gates, sh, moe);
@@ -194,7 +199,11 @@ void moe_forward(float* x, const float* h, const MoeShape& shape, const MoeConfi
     trace->tokens_per_image = shape.tokens_per_image;
     trace->group_images = moe.group_images;
     trace->capacity_factor = moe.capacity_factor;
+    trace->dropless = moe.dropless;
     trace->batch_priority = moe.batch_priority;
+    trace->priority = moe.priority;
+    trace->gating = moe.gating;
+    trace->overflow = moe.overflow;
     trace->group_capacity.clear();
   }
   switch (moe.router) {
@@ -204,43 +213,54 @@ void moe_forward(float* x, const float* h, const MoeShape& shape, const MoeConfi
   }
 }
 
-void plan_routing(MoeWorkspace& ws, const float* gates, const MoeShape& sh, const MoeConfig& moe) {
+void learned_priority(float* s, const float* h, const float* kernel, float bias, int64_t N, int D) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    float acc = bias;
+    for (int d = 0; d < D; ++d) acc += h[n * D + d] * kernel[d];
+    s[n] = acc;
+  }
+}
+
+void plan_routing(MoeWorkspace& ws, const float* gates, const float* learned, const MoeShape& sh, const MoeConfig& moe) {
   const int E = moe.num_experts, k = moe.k;
   const auto groups = make_groups(sh.tokens, int64_t{moe.group_images} * sh.tokens_per_image);
   const size_t G = groups.size();
   std::vector<int> capacity(G);
   std::vector<int64_t> load(G * E);
+  for (size_t g = 0; g < G; ++g) capacity[g] = static_cast<int>(group_capacity(moe, groups[g].size));
   ws.entries.clear();
   if (moe.router == RouterKind::top_k) {
     ws.top_k.resize(G);
-    for (size_t g = 0; g < G; ++g)
-      capacity[g] = static_cast<int>(expert_capacity(groups[g].size * k, E, moe.capacity_factor, moe.capacity_rounding,
-                                                     moe.capacity_multiple_of));
 #pragma omp parallel for schedule(dynamic)
-    for (size_t g = 0; g < G; ++g)
-      route_top_k(ws.top_k[g], gates + groups[g].first * E, static_cast<int>(groups[g].size), E, k, capacity[g],
-                  moe.batch_priority);
+    for (size_t g = 0; g < G; ++g) {
+      TopKOptions o;
+      o.k = k, o.capacity = capacity[g], o.batch_priority = moe.batch_priority;
+      o.priority = moe.priority, o.gating = moe.gating, o.overflow = moe.overflow;
+      route_top_k(ws.top_k[g], gates + groups[g].first * E, learned ? learned + groups[g].first : nullptr,
+                  static_cast<int>(groups[g].size), E, o);
+    }
     for (size_t g = 0; g < G; ++g)
       for (int e = 0; e < E; ++e) load[g * E + e] = ws.top_k[g].expert_load[e];
     plan_rows(ws, load, G, E);
     for (size_t g = 0; g < G; ++g) {
       const TopKRouting& r = ws.top_k[g];
-      for (int64_t t = 0; t < groups[g].size; ++t)
+      for (int64_t t = 0; t < groups[g].size; ++t) {
+        const int64_t n = groups[g].first + t;
+        const float scale = learned ? learned_output_scale(learned[n]) : 1.0f;
         for (int q = 0; q < k; ++q) {
           const int slot = r.slot[t * k + q];
           if (slot < 0) continue;
           const int e = r.expert[t * k + q];
-          ws.entries.push_back({groups[g].first + t, ws.group_expert_base[g * E + e] + slot, r.gate[t * k + q], e});
+          const float gate = r.gate[t * k + q];
+          ws.entries.push_back({n, ws.group_expert_base[g * E + e] + slot, gate * scale, gate, e});
         }
+      }
     }
     return;
   }
   if (moe.router != RouterKind::experts_choice) fail("plan_routing: Soft-MoE has no token routing");
   ws.experts_choice.resize(G);
-  for (size_t g = 0; g < G; ++g)
-    capacity[g] = static_cast<int>(std::min<int64_t>(
-        expert_capacity(groups[g].size, E, moe.capacity_factor, moe.capacity_rounding, moe.capacity_multiple_of),
-        groups[g].size));
 #pragma omp parallel for schedule(dynamic)
   for (size_t g = 0; g < G; ++g)
     route_experts_choice(ws.experts_choice[g], gates + groups[g].first * E, static_cast<int>(groups[g].size), E,
@@ -253,7 +273,7 @@ void plan_routing(MoeWorkspace& ws, const float* gates, const MoeShape& sh, cons
     for (int e = 0; e < E; ++e)
       for (int j = 0; j < r.capacity; ++j)
         ws.entries.push_back({groups[g].first + r.token[e * r.capacity + j], ws.group_expert_base[g * E + e] + j,
-                              r.gate[e * r.capacity + j], e});
+                              r.gate[e * r.capacity + j], r.gate[e * r.capacity + j], e});
   }
 }
 
@@ -268,6 +288,7 @@ void fill_trace(MoeLayerTrace& trace, const MoeWorkspace& ws, const float* gates
     trace.choice_gate.resize(N * k);
     trace.choice_kept.resize(N * k);
     trace.priority_rank.resize(N);
+    trace.priority_score.resize(N);
     for (size_t g = 0; g < groups.size(); ++g) {
       const TopKRouting& r = ws.top_k[g];
       const int64_t first = groups[g].first;
@@ -280,6 +301,7 @@ void fill_trace(MoeLayerTrace& trace, const MoeWorkspace& ws, const float* gates
           trace.choice_kept[i] = r.slot[t * k + q] >= 0;
           trace.times_taken[first + t] += r.slot[t * k + q] >= 0;
         }
+      std::copy(r.priority.begin(), r.priority.end(), trace.priority_score.begin() + first);
       for (size_t rank = 0; rank < r.order.size(); ++rank)
         trace.priority_rank[first + r.order[rank]] = static_cast<int>(rank);
     }

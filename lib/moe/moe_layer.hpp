@@ -2,6 +2,7 @@
 // Forward of one MoE block's MLP: route the (N, D) tokens in groups, run each expert's
 // MLP on the tokens it received from every group at once, and add the weighted expert
 // outputs to the residual stream.
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -22,17 +23,20 @@ struct MoeWeights {
   const float* router;  // (D, E)      top_k, experts_choice
   const float* mu;  // (D, E*P)    soft: mu normalised over D per slot, times scale
   nn::Activation gelu = nn::Activation::gelu_tanh;  // the experts' GELU (config "gelu")
+  const float* priority_kernel = nullptr;  // (D)   learned scorer (priority "learned" models only)
+  const float* priority_bias = nullptr;  // ()
 };
 
 // Buffers reused across calls; they only ever grow.
 struct MoeWorkspace {
-  Scratch logits, gates, expert_in, expert_hidden, expert_out, xn, dispatch, combine, slot_in, slot_out;
+  Scratch logits, gates, scores, expert_in, expert_hidden, expert_out, xn, dispatch, combine, slot_in, slot_out;
   std::vector<TopKRouting> top_k;  // per group
   std::vector<ExpertsChoiceRouting> experts_choice;  // per group
   std::vector<int64_t> rows_of_expert, first_row, group_expert_base;
   struct Entry {
     int64_t token, row;  // token n of the batch goes to expert-major row `row`
-    float weight;  // its combine weight (the gate)
+    float weight;  // its combine weight: the gate, times the learned scorer's 2 sigmoid(s) if any
+    float gate;  // the router's gate alone
     int expert;
   };
   std::vector<Entry> entries;
@@ -55,10 +59,18 @@ std::vector<Group> make_groups(int64_t N, int64_t group_tokens);
 // can run batched: all full groups, then the smaller last group if there is one.
 std::vector<std::pair<int64_t, int64_t>> equal_size_runs(const std::vector<Group>& groups);
 
+// The learned priority scorer: s (N) = h (N, D) . kernel (D) + bias. The token's MoE
+// output is scaled by learned_output_scale(s) = 2 sigmoid(s), which is exactly 1 at the
+// zero initialisation, so the scorer learns from how much the kept tokens' outputs help.
+void learned_priority(float* s, const float* h, const float* kernel, float bias, int64_t N, int D);
+inline float learned_output_scale(float s) { return 2.0f / (1.0f + std::exp(-s)); }
+
 // Routes every group (top-k or experts-choice) on gates (N, E) and lays out the expert
 // rows expert-major: fills ws.entries, ws.rows_of_expert, ws.first_row (and the
-// per-group routings ws.top_k / ws.experts_choice).
-void plan_routing(MoeWorkspace& ws, const float* gates, const MoeShape& shape, const MoeConfig& moe);
+// per-group routings ws.top_k / ws.experts_choice). `learned` (N) is the learned
+// scorer's output or null.
+void plan_routing(MoeWorkspace& ws, const float* gates, const float* learned, const MoeShape& shape,
+                  const MoeConfig& moe);
 // Copies the routing plan of the last plan_routing into a trace.
 void fill_trace(MoeLayerTrace& trace, const MoeWorkspace& ws, const float* gates, const MoeShape& shape,
                 const MoeConfig& moe);

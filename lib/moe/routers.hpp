@@ -5,23 +5,50 @@
 #include <cstdint>
 #include <vector>
 
+#include "model/config.hpp"
+
 namespace vmoe {
 
 // Top-k with capacity. For token t and rank r (0 = first choice):
 struct TopKRouting {
   int k = 0, capacity = 0;
-  std::vector<int> expert;  // (S, k) chosen expert
-  std::vector<float> gate;  // (S, k) its softmax gate (no renormalisation)
+  std::vector<int> choice;  // (S, k) the token's top-k experts by probability
+  std::vector<int> expert;  // (S, k) the expert that took the choice (its choice, or with
+                            // overflow "next" a later one); the choice when dropped
+  std::vector<float> gate;  // (S, k) weight of the expert's output: its probability, or with
+                            // gating topk_softmax divided by the sum over the token's top-k
   std::vector<int> slot;  // (S, k) position in the expert's buffer, -1 when dropped
+  std::vector<float> priority;  // (S) the scorer's value (larger goes first under BPR)
   std::vector<int> order;  // (S) tokens in processing order (position, or BPR priority)
   std::vector<int> expert_load;  // (E) slots used
 };
 
-// gates: (S, E) softmax probabilities. Picks top-k per token (ties to the lower
-// expert), orders tokens by position (vanilla) or by top-1 gate descending, stable
-// (batch priority), then walks all first choices, then all second choices, ..., each
-// taking the expert's next free slot or being dropped when the expert is full.
-void route_top_k(TopKRouting& out, const float* gates, int S, int E, int k, int capacity, bool batch_priority);
+struct TopKOptions {
+  int k = 2, capacity = 1;
+  bool batch_priority = true;
+  Priority priority = Priority::max_gate;
+  Gating gating = Gating::softmax_topk;
+  Overflow overflow = Overflow::drop;
+};
+
+// Per-token BPR score of a group (docs/ROUTING.md), larger first: max_gate = top-1
+// probability, sum_gates = sum of the top-k probabilities, entropy = minus the entropy of
+// the probabilities, random = a fixed hash of the position in the group, learned = the
+// block's scorer output `learned` (S), which must then be given.
+void priority_scores(float* out, const float* probs, const float* learned, int S, int E, int k, Priority priority);
+
+// probs: (S, E) softmax probabilities. Picks top-k per token (ties to the lower expert),
+// orders tokens by position (vanilla) or by priority descending, stable (BPR), then walks
+// all first choices, then all second choices, ..., each taking the expert's next free slot;
+// when the expert is full the choice is dropped (overflow drop) or goes to the token's
+// next expert by probability that has room and does not hold the token yet (overflow next).
+void route_top_k(TopKRouting& out, const float* probs, const float* learned, int S, int E, const TopKOptions& options);
+// The V-MoE defaults: max_gate priority, softmax_topk gating, overflow drop.
+inline void route_top_k(TopKRouting& out, const float* probs, int S, int E, int k, int capacity, bool batch_priority) {
+  TopKOptions o;
+  o.k = k, o.capacity = capacity, o.batch_priority = batch_priority;
+  route_top_k(out, probs, nullptr, S, E, o);
+}
 
 // Experts-choice: each expert takes its top-c tokens by gate (ties to the lower token).
 struct ExpertsChoiceRouting {

@@ -23,16 +23,8 @@ int64_t max_expert_rows(const MoeConfig& m, const std::vector<Group>& groups) {
   int64_t rows = 0;
   for (const Group& g : groups) {
     switch (m.router) {
-      case RouterKind::top_k:
-        rows += std::min<int64_t>(g.size * m.k, int64_t{m.num_experts} * expert_capacity(g.size * m.k, m.num_experts,
-                                                                                       m.capacity_factor, m.capacity_rounding,
-                                                                                       m.capacity_multiple_of));
-        break;
-      case RouterKind::experts_choice:
-        rows += int64_t{m.num_experts} *
-                std::min<int64_t>(g.size, expert_capacity(g.size, m.num_experts, m.capacity_factor, m.capacity_rounding,
-                                                          m.capacity_multiple_of));
-        break;
+      case RouterKind::top_k: rows += std::min<int64_t>(g.size * m.k, int64_t{m.num_experts} * group_capacity(m, g.size)); break;
+      case RouterKind::experts_choice: rows += int64_t{m.num_experts} * group_capacity(m, g.size); break;
       case RouterKind::soft: rows += int64_t{m.num_experts} * m.slots_per_expert; break;
     }
   }
@@ -103,6 +95,8 @@ MoeTrainLayer::MoeTrainLayer(const ModelConfig& c, int B)
     gates_ = Tensor({N, E});
     dgates_ = Tensor({N, E});
     dlogits_ = Tensor({N, E});
+    scores_ = Tensor({N});
+    dscores_ = Tensor({N});
   }
 }
 
@@ -159,7 +153,9 @@ void MoeTrainLayer::forward(float* x, const float* h, const BlockParams& p, std:
     for (int64_t i = 0; i < N * E; ++i) noisy_logits_[i] += normal(*noise);
   }
   cache.softmax(N, E).run(gates_.data(), noisy_logits_.data());
-  plan_routing(plan_, gates_.data(), shape_, moe_);
+  const bool learned = moe_.priority == Priority::learned;
+  if (learned) learned_priority(scores_.data(), h, p.priority_kernel.data(), p.priority_bias[0], N, static_cast<int>(D));
+  plan_routing(plan_, gates_.data(), learned ? scores_.data() : nullptr, shape_, moe_);
   const auto& entries = plan_.entries;
   const int64_t count = static_cast<int64_t>(entries.size());
 #pragma omp parallel for schedule(static)
@@ -188,6 +184,11 @@ void MoeTrainLayer::forward(float* x, const float* h, const BlockParams& p, std:
 // 1 - Phi((threshold - clean logit) / sigma); per group, averaged over groups.
 void MoeTrainLayer::compute_aux_losses() {
   aux_ = {};
+  if (moe_.priority == Priority::learned) {
+    double sum = 0;
+    for (int64_t n = 0; n < shape_.tokens; ++n) sum += learned_output_scale(scores_[n]);
+    aux_.scorer = sum / static_cast<double>(shape_.tokens);
+  }
   if (moe_.router != RouterKind::top_k) return;
   const int E = moe_.num_experts;
   const double sigma = moe_.noise_std / E;
@@ -215,8 +216,12 @@ void MoeTrainLayer::backward(float* dh, const float* dy, const float* h, const B
   const auto& entries = plan_.entries;
   const int64_t count = static_cast<int64_t>(entries.size());
   dgates_.fill(0.0f);
-  // y[n] = sum gate * out[row]: d out[row] = gate * dy[n], d gate = dy[n] . out[row].
-  // Each (token, expert) pair occurs once, so the writes below never collide.
+  // y[n] = scale[n] sum gate * out[row] (scale 1 without a learned scorer): d out[row] =
+  // weight * dy[n] with weight = scale * gate, d gate = scale * dy[n] . out[row],
+  // d scale[n] = sum over its entries of gate * dy[n] . out[row]. Each (token, expert)
+  // pair occurs once, so the writes below never collide.
+  const bool learned = moe_.priority == Priority::learned;
+  entry_dot_.resize(count);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < count; ++i) {
     const auto& en = entries[i];
@@ -228,8 +233,23 @@ void MoeTrainLayer::backward(float* dh, const float* dy, const float* h, const B
       dout[d] = en.weight * dyn[d];
       dot += double{dyn[d]} * out[d];
     }
-    dgates_[en.token * E + en.expert] = static_cast<float>(dot);
+    entry_dot_[i] = static_cast<float>(dot);
+    const float scale = learned ? learned_output_scale(scores_[en.token]) : 1.0f;
+    dgates_[en.token * E + en.expert] = static_cast<float>(scale * dot);
   }
+  if (learned) {
+    // s -> scale = 2 sigmoid(s): d scale / d s = scale (1 - scale / 2).
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      double dscale = 0;
+      for (int64_t j = token_begin_[n]; j < token_begin_[n + 1]; ++j)
+        dscale += double{entries[by_token_[j]].gate} * entry_dot_[by_token_[j]];
+      dscale += scorer_penalty_ / static_cast<double>(N);  // penalty: weight * mean scale
+      const float scale = learned_output_scale(scores_[n]);
+      dscores_[n] = static_cast<float>(dscale * scale * (1.0f - 0.5f * scale));
+    }
+  }
+  if (moe_.gating == Gating::topk_softmax) renormalised_gate_backward();
   experts_backward(p, g, cache);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
@@ -286,6 +306,42 @@ void MoeTrainLayer::backward(float* dh, const float* dy, const float* h, const B
   }
   accumulate_weight_grad(g.router_kernel.data(), h, dlogits.data(), N, D, E, cache);
   input_grad(dh, dlogits.data(), p.router_kernel.data(), N, D, E, 1.0f, cache);
+  if (!learned) return;
+  // s[n] = h[n] . kernel + bias
+  double dbias = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const float ds = dscores_[n];
+    dbias += ds;
+    for (int64_t d = 0; d < D; ++d) {
+      g.priority_kernel[d] += ds * h[n * D + d];
+      dh[n * D + d] += ds * p.priority_kernel[d];
+    }
+  }
+  g.priority_bias[0] += static_cast<float>(dbias);
+}
+
+// Gating topk_softmax: the weight of expert e for a token is w_e = p_e / Z with Z the sum
+// of p over the token's top-k choices K (e may lie outside K after overflow "next"). With
+// dG = dL/dw from the combine, dL/dp_e = dG_e / Z, and every m in K also gets
+// -sum_e dG_e w_e / Z. Turns dgates_ from d weight into d probability, row by row.
+void MoeTrainLayer::renormalised_gate_backward() {
+  const int E = moe_.num_experts, k = moe_.k;
+#pragma omp parallel for schedule(dynamic)
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    const TopKRouting& r = plan_.top_k[gi];
+    for (int64_t t = 0; t < groups_[gi].size; ++t) {
+      const int64_t n = groups_[gi].first + t;
+      const float* prob = gates_.data() + n * E;
+      float* dg = dgates_.data() + n * E;
+      double Z = 0;
+      for (int q = 0; q < k; ++q) Z += prob[r.choice[t * k + q]];
+      if (!(Z > 0)) continue;
+      double s = 0;
+      for (int e = 0; e < E; ++e) s += double{dg[e]} * prob[e] / Z;
+      for (int e = 0; e < E; ++e) dg[e] = static_cast<float>(dg[e] / Z);
+      for (int q = 0; q < k; ++q) dg[r.choice[t * k + q]] -= static_cast<float>(s / Z);
+    }
+  }
 }
 
 // Soft-MoE, per group of S tokens: xn = h / |h|, logits = xn @ (scale * mu / |mu|),

@@ -15,6 +15,7 @@ namespace vmoe::train {
 
 struct AuxLosses {
   double importance = 0, load = 0;  // averaged over the layer's groups
+  double scorer = 0;  // learned priority scorer: mean output scale 2 sigmoid(s) over the tokens
 };
 
 class MoeTrainLayer {
@@ -30,6 +31,8 @@ class MoeTrainLayer {
   // weighted auxiliary losses); parameter gradients accumulate into g.
   void backward(float* dh, const float* dy, const float* h, const BlockParams& p, BlockParams& g,
                 float importance_weight, float load_weight, nn::PrimitiveCache& cache);
+  // Weight of the scorer penalty (the mean output scale) in the loss the backward is of.
+  void set_scorer_penalty(float weight) { scorer_penalty_ = weight; }
   const MoeWorkspace& plan() const { return plan_; }
   // Rows each expert processed in the last forward.
   const std::vector<int64_t>& expert_rows() const { return plan_.rows_of_expert; }
@@ -38,18 +41,22 @@ class MoeTrainLayer {
   void experts_forward(const BlockParams& p, nn::PrimitiveCache& cache);
   void experts_backward(const BlockParams& p, BlockParams& g, nn::PrimitiveCache& cache);
   void compute_aux_losses();
+  void renormalised_gate_backward();
   int64_t used_rows() const;
   void soft_forward(float* x, const float* h, const BlockParams& p, nn::PrimitiveCache& cache);
   void soft_backward(float* dh, const float* dy, const float* h, const BlockParams& p, BlockParams& g,
                      nn::PrimitiveCache& cache);
 
   MoeConfig moe_;
+  float scorer_penalty_ = 0;
   MoeShape shape_;
   int64_t max_rows_ = 0;
   std::vector<Group> groups_;
   MoeWorkspace plan_;  // routing plan of the last forward (entries, rows per expert)
   AuxLosses aux_;
   Tensor clean_logits_, noisy_logits_, gates_, dgates_;  // (N, E)
+  Tensor scores_, dscores_;  // (N) learned priority scorer output s and dL/ds
+  std::vector<float> entry_dot_;  // per routing entry: dy[token] . expert_out[row]
   Tensor expert_in_, expert_out_, d_expert_out_, d_expert_in_;  // (max_rows, D)
   // (max_rows, M): pre-GELU then, after the forward, GELU's slope; post-GELU; their grads
   Tensor expert_u_, expert_a_, d_expert_a_, d_expert_u_;

@@ -39,6 +39,7 @@ json settings_to_json(const TrainSettings& s) {
           {"label_smoothing", s.label_smoothing},
           {"importance_weight", s.importance_weight},
           {"load_weight", s.load_weight},
+          {"priority_penalty", s.priority_penalty},
           {"augment", s.augment},
           {"crop_padding", s.crop_padding},
           {"flip", s.flip},
@@ -92,6 +93,7 @@ TrainSettings settings_from_json(const json& j) {
   s.label_smoothing = real_in(j, "label_smoothing", 0, 0.99);
   s.importance_weight = real_in(j, "importance_weight", 0, 1e6);
   s.load_weight = real_in(j, "load_weight", 0, 1e6);
+  if (j.contains("priority_penalty")) s.priority_penalty = real_in(j, "priority_penalty", 0, 1e6);  // newer states
   s.augment = flag_of(j, "augment");
   s.crop_padding = static_cast<int>(int_in(j, "crop_padding", 0, 64));
   s.flip = flag_of(j, "flip");
@@ -175,6 +177,7 @@ std::vector<EpochReport> run(Model& model, AdamW& optimizer, const TrainSettings
   loss_options.label_smoothing = static_cast<float>(settings.label_smoothing);
   loss_options.importance_weight = static_cast<float>(settings.importance_weight);
   loss_options.load_weight = static_cast<float>(settings.load_weight);
+  loss_options.priority_penalty = static_cast<float>(settings.priority_penalty);
   const int64_t total_steps = steps_per_epoch * settings.epochs;
   const auto warmup = static_cast<int64_t>(settings.warmup_epochs * steps_per_epoch);
   std::vector<float> batch(static_cast<size_t>(B * image_size));

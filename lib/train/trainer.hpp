@@ -28,6 +28,7 @@ struct TrainSettings {
   double clip_norm = 1.0;
   double label_smoothing = 0.1;
   double importance_weight = 0.005, load_weight = 0.005;
+  double priority_penalty = 0;  // learned priority scorer: weight of its mean output scale
   bool augment = true;  // random crop with padding, horizontal flip
   int crop_padding = 2;
   bool flip = true;

@@ -148,6 +148,7 @@ StepResult TrainGraph::forward(const VitParams& params, const float* images, con
       const AuxLosses aux = acts_[l].moe->aux_losses();
       r.aux_importance += aux.importance;
       r.aux_load += aux.load;
+      r.aux_scorer += aux.scorer;
       r.expert_rows.push_back(acts_[l].moe->expert_rows());
     }
   }
@@ -199,6 +200,7 @@ void TrainGraph::block_backward(int l, const BlockParams& p, BlockParams& g, flo
   const int64_t N = N_, D = D_, M = M_, T = T_, H = H_, Dh = Dh_;
   // x_out = x_mid + MLP(h1), h1 = LN_1(x_mid)
   if (a.moe) {
+    a.moe->set_scorer_penalty(options.priority_penalty);
     a.moe->backward(dh_.data(), dx, a.h1.data(), p, g, options.importance_weight, options.load_weight, cache_);
   } else {
     input_grad(da_.data(), dx, p.mlp1_kernel.data(), N, M, D, 0.0f, cache_);
@@ -323,7 +325,8 @@ std::vector<int64_t> TrainGraph::routing_signature() const {
 double TrainGraph::loss(const VitParams& params, const float* images, const int* labels, std::mt19937_64* noise,
                         const LossOptions& options) {
   StepResult r = forward(params, images, labels, noise, options);
-  return r.loss + options.importance_weight * r.aux_importance + options.load_weight * r.aux_load;
+  return r.loss + options.importance_weight * r.aux_importance + options.load_weight * r.aux_load +
+         options.priority_penalty * r.aux_scorer;
 }
 
 }  // namespace vmoe::train

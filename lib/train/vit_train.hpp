@@ -17,11 +17,13 @@ struct LossOptions {
   float label_smoothing = 0.1f;
   float importance_weight = 0.005f;
   float load_weight = 0.005f;
+  float priority_penalty = 0;  // weight of the learned scorers' mean output scale (summed over MoE layers)
 };
 
 struct StepResult {
   double loss = 0;  // mean cross-entropy over the batch (what the gradient is of, without aux)
   double aux_importance = 0, aux_load = 0;  // summed over MoE layers
+  double aux_scorer = 0;  // learned priority scorers' mean output scale, summed over MoE layers
   int correct = 0;  // arg-max predictions equal to the label
   std::vector<std::vector<int64_t>> expert_rows;  // per MoE layer, rows each expert processed
 };

@@ -24,7 +24,7 @@ std::string image_stem(const RouteResult& r) {
 
 std::string routing_name(const MoeLayerTrace& t) {
   switch (t.router) {
-    case RouterKind::top_k: return t.batch_priority ? "bpr" : "vanilla";
+    case RouterKind::top_k: return t.batch_priority ? "bpr by " + std::string(to_string(t.priority)) : "vanilla";
     case RouterKind::experts_choice: return "experts choose";
     case RouterKind::soft: return "soft (no drops)";
   }

@@ -1,5 +1,6 @@
-// Priority heatmap. Top-k: each patch coloured by its top-1 gate, which is the Batch
-// Priority Routing priority, and labelled with its BPR rank (1 = routed first).
+// Priority heatmap. Top-k: each patch coloured by its Batch Priority Routing score (the
+// model's scorer: top-1 gate, sum of gates, minus entropy, random or learned) and
+// labelled with its BPR rank (1 = routed first).
 // Experts-choice: each patch coloured by its largest gate (no processing order).
 #include <algorithm>
 #include <numeric>
@@ -21,10 +22,10 @@ Picture priority_heatmap(const RouteResult& r, size_t layer) {
   const int N = g.tokens(), E = t.num_experts;
   std::vector<float> value(N);
   for (int n = 0; n < N; ++n) {
-    if (top_k) value[n] = t.choice_gate[static_cast<size_t>(n) * t.k];
+    if (top_k) value[n] = t.priority_score.empty() ? t.choice_gate[static_cast<size_t>(n) * t.k] : t.priority_score[n];
     else value[n] = *std::max_element(t.gates.begin() + static_cast<ptrdiff_t>(n) * E, t.gates.begin() + static_cast<ptrdiff_t>(n + 1) * E);
   }
-  // BPR rank: top-1 gate descending, ties keep token order (DESIGN §4).
+  // BPR rank: score descending, ties keep token order (DESIGN §4).
   std::vector<int> order(N), rank(N);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return value[a] > value[b]; });
@@ -44,8 +45,8 @@ Picture priority_heatmap(const RouteResult& r, size_t layer) {
   draw_patch_grid(panel, r.config, scale);
 
   Legend legend;
-  legend.heading(top_k ? "BPR priority" : "router confidence");
-  legend.colour_bar(kMap, top_k ? "top-1 gate" : "largest gate", fmt::format("{:.3f}", lo), fmt::format("{:.3f}", hi));
+  legend.heading(top_k ? fmt::format("BPR priority: {}", to_string(t.priority)) : "router confidence");
+  legend.colour_bar(kMap, top_k ? fmt::format("{} score", to_string(t.priority)) : "largest gate", fmt::format("{:.3f}", lo), fmt::format("{:.3f}", hi));
   if (top_k) {
     legend.text("number: BPR rank, 1 = first");
     legend.text(t.batch_priority ? "(this run used BPR)" : "(this run was vanilla: by position)");
@@ -55,9 +56,10 @@ Picture priority_heatmap(const RouteResult& r, size_t layer) {
   if (g.has_cls)
     cls_legend(
         legend, r, [&](cv::Mat& m) { m.setTo(colormap_colour(kMap, unit(value[0]))); },
-        top_k ? fmt::format("gate {:.3f}, rank {}", value[0], rank[0]) : fmt::format("gate {:.3f}", value[0]));
+        top_k ? fmt::format("score {:.3f}, rank {}", value[0], rank[0]) : fmt::format("gate {:.3f}", value[0]));
 
-  const std::string what = top_k ? "priority (top-1 gate) and BPR rank" : "largest gate per patch";
+  const std::string what =
+      top_k ? fmt::format("priority ({}) and BPR rank", to_string(t.priority)) : std::string("largest gate per patch");
   const auto title = layer_title(r, t, what, {fmt::format("gates from {:.3f} to {:.3f}; uniform router = {:.3f}", lo, hi, 1.0 / E)});
   cv::Rect at;
   cv::Mat page = compose(title, panel, legend.render(), &at);

@@ -141,9 +141,10 @@ rows = list(csv.reader(open(sys.argv[1])))
 header, row = rows
 assert header[:len(old)] == old, header
 assert header[len(old):] == ["foreground_patches_per_image", "foreground_kept_all", "foreground_kept_any",
-                             "foreground_kept_all_per_layer", "foreground_kept_any_per_layer"], header
+                             "foreground_kept_all_per_layer", "foreground_kept_any_per_layer", "priority", "overflow"], header
 r = dict(zip(header, row))
 assert len(row) == len(header) and 0 <= float(r["foreground_kept_all"]) <= float(r["foreground_kept_any"]) <= 1, r
+assert (r["priority"], r["overflow"]) == ("max_gate", "drop"), r
 PY
 
 # Bad input.

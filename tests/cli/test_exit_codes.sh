@@ -79,6 +79,16 @@ run 2 "capacity factor 0" classify "$GOOD" -m "$MODEL" --capacity-factor 0
 run 2 "capacity factor -1" classify "$GOOD" -m "$MODEL" --capacity-factor -1
 run 2 "capacity factor -1 (= form)" classify "$GOOD" -m "$MODEL" --capacity-factor=-1
 run 2 "capacity factor abc" classify "$GOOD" -m "$MODEL" --capacity-factor abc
+# Routing variants (issue 11): unknown names, a scorer the model lacks, contradictions.
+run 2 "priority nope" classify "$GOOD" -m "$MODEL" --priority nope
+run 2 "priority learned without a scorer" classify "$GOOD" -m "$MODEL" --priority learned
+run 2 "route priority learned without a scorer" route "$GOOD" -m "$MODEL" --priority learned --no-pictures
+run 2 "eval overflow sideways" eval -m "$MODEL" --data fashion-mnist:test --overflow sideways
+run 2 "train gating nope" train --arch vmoe-fmnist --gating nope -o "$WORK/t.safetensors"
+run 2 "train dropless with a factor" train --arch vmoe-fmnist --dropless --capacity-factor 1 -o "$WORK/t.safetensors"
+run 2 "train eval capacity factor 0" train --arch vmoe-fmnist --eval-capacity-factor 0 -o "$WORK/t.safetensors"
+run 2 "train priority penalty -1" train --arch vmoe-fmnist --priority-penalty -1 -o "$WORK/t.safetensors"
+run 2 "train priority on a soft router" train --arch softmoe-fmnist --priority entropy -o "$WORK/t.safetensors"
 run 2 "routing foo" classify "$GOOD" -m "$MODEL" --routing foo
 run 2 "top 0" classify "$GOOD" -m "$MODEL" --top 0
 run 2 "group images 0" classify "$GOOD" -m "$MODEL" --group-images 0

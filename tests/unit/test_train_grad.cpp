@@ -72,6 +72,7 @@ void check_gradients(const ModelConfig& c, uint64_t seed, float aux_weight) {
   TrainGraph graph(c, B);
   LossOptions options;
   options.importance_weight = aux_weight, options.load_weight = aux_weight;
+  options.priority_penalty = aux_weight;  // learned scorers only
   VitParams grads = allocate_params(c);
   graph.step(p.model.params, grads, p.images.data(), p.labels.data(), nullptr, options);
   const auto signature = graph.routing_signature();
@@ -122,6 +123,20 @@ TEST_CASE("backward matches finite differences: dense ViT, token and gap, pre-lo
 TEST_CASE("backward matches finite differences: top-k with capacity drops, BPR and vanilla", "[train][grad]") {
   check_gradients(tiny(RouterKind::top_k, Classifier::token, false, true), 3);
   check_gradients(tiny(RouterKind::top_k, Classifier::gap, true, false), 4);
+}
+
+TEST_CASE("backward matches finite differences: top-k variants (learned scorer, topk_softmax, overflow next, dropless)",
+          "[train][grad]") {
+  auto variant = [](Priority priority, Gating gating, Overflow overflow, bool dropless) {
+    ModelConfig c = tiny(RouterKind::top_k, Classifier::token, false, true);
+    c.moe->priority = priority, c.moe->gating = gating, c.moe->overflow = overflow, c.moe->dropless = dropless;
+    c.validate();
+    return c;
+  };
+  check_gradients(variant(Priority::learned, Gating::softmax_topk, Overflow::drop, false), 11);
+  check_gradients(variant(Priority::max_gate, Gating::topk_softmax, Overflow::drop, false), 12);
+  check_gradients(variant(Priority::learned, Gating::topk_softmax, Overflow::next, false), 13);
+  check_gradients(variant(Priority::sum_gates, Gating::softmax_topk, Overflow::next, true), 14);
 }
 
 TEST_CASE("backward matches finite differences: experts-choice", "[train][grad]") {
