@@ -19,7 +19,7 @@ Picture capacity_strip(const RouteResult& r, size_t layer) {
   const int scale = min_patch_scale(r.config);
   const int cell_w = r.config.grid_w() * r.config.patch_w * scale, cell_h = r.config.grid_h() * r.config.patch_h * scale;
   const size_t rows = r.strip_rows_bpr.size(), cols = r.strip_factors.size();
-  constexpr int kLabelW = 86, kHeadH = 40, kFootH = 40, kGap = 10;
+  constexpr int kLabelW = 104, kHeadH = 40, kFootH = 40, kGap = 10;
   const int width = kLabelW + static_cast<int>(cols) * (cell_w + kGap);
   const int row_h = kHeadH + cell_h + kFootH + kGap;
   cv::Mat body(static_cast<int>(rows) * row_h, width, CV_8UC3, cv::Scalar(255, 255, 255));
@@ -35,7 +35,9 @@ Picture capacity_strip(const RouteResult& r, size_t layer) {
     const std::string label = top_k ? (r.strip_rows_bpr[row] ? "BPR" : "vanilla") : "experts";
     put_text(body, label, {4, y0 + kHeadH + cell_h / 2 + 6}, 0.6, cv::Scalar(0, 0, 0), 2);
     if (top_k)
-      put_text(body, r.strip_rows_bpr[row] ? "by gate" : "by position", {4, y0 + kHeadH + cell_h / 2 + 26}, 0.4);
+      put_text(body, r.strip_rows_bpr[row] ? std::string("by ") + to_string(r.main.trace.layers.at(layer).priority)
+                                             : std::string("by position"),
+               {4, y0 + kHeadH + cell_h / 2 + 26}, 0.4);
     for (size_t col = 0; col < cols; ++col) {
       const RoutedRun& run = r.strip_cell(row, col);
       const int x0 = kLabelW + static_cast<int>(col) * (cell_w + kGap);
