@@ -3,13 +3,17 @@
 
   check_engine.py --vmoe build/apps/vmoe/vmoe [--tmp DIR] [--with-route] [--only NAME]
 
-For each variant it writes a small random model and test images, runs
-`vmoe classify IMG... -m MODEL --json [--capacity-factor C] [--routing R] [--group-images G]`
+It first runs the reference's own selftest (hand-worked routing cases). Then, for each
+variant it writes a small random model and test images, runs
+`vmoe classify IMG... -m MODEL --json [--capacity-factor C] [--routing R] [--group-images G]
+[--priority P] [--overflow O]`
 and compares, per image: logits (1e-3 absolute), top-1 index and probability, and the
 capacity of every MoE layer. With group_images 1 it also classifies every image on its
 own and checks the logits equal the batch ones (1e-5). With --with-route it runs
-`vmoe route IMG -m MODEL --json -o DIR [--capacity-factor C] [--routing R]` and compares
-capacity, chosen experts and kept flags exactly, gates and soft dispatch/combine within 1e-4.
+`vmoe route IMG -m MODEL --json -o DIR [--capacity-factor C] [--routing R] [--priority P]
+[--overflow O]` and compares capacity, chosen experts, kept flags and the priority rank
+exactly, the scorer / gating / overflow names, gates, choice weights, priority scores and
+soft dispatch/combine within 1e-4.
 
 Exit status: 0 all passed, 1 a mismatch (each one is printed), 2 bad usage / no binary.
 """
@@ -56,6 +60,31 @@ VARIANTS = [
                       patch=(7, 7), value_range=(0, 1), moe_layers=(1,), num_experts=4,
                       hidden_size=48, num_heads=4, num_layers=2),
      16, 4, [{}, {"capacity_factor": 0.25}]),
+    # issue 11: the top-k routing variants. BPR scorers and overflow by command-line flag
+    # on one model; gating, learned scorer, dropless and eval_capacity_factor from configs.
+    ("topk-scorers-overflow", dict(router="top_k", classifier="token", moe_layers=(0, 2),
+                                   num_experts=8),
+     21, 3, [{"capacity_factor": 0.25, "priority": "sum_gates"},
+             {"capacity_factor": 0.5, "priority": "entropy"},
+             {"capacity_factor": 0.25, "priority": "random"},
+             {"capacity_factor": 0.5, "overflow": "next"},
+             {"capacity_factor": 0.25, "overflow": "next", "routing": "vanilla"},
+             {"capacity_factor": 0.5, "overflow": "next", "priority": "entropy",
+              "group_images": 2}]),
+    ("topk-softmax-next", dict(router="top_k", classifier="gap", moe_layers=(1,), num_experts=4,
+                               gating="topk_softmax", overflow="next", capacity_factor=0.5),
+     22, 3, [{}, {"capacity_factor": 0.25, "routing": "vanilla"},
+             {"capacity_factor": 0.25, "overflow": "drop"}]),
+    ("topk-learned", dict(router="top_k", classifier="token", moe_layers=(0, 2), num_experts=4,
+                          priority="learned"),
+     23, 3, [{}, {"capacity_factor": 0.25}, {"capacity_factor": 0.25, "priority": "max_gate"},
+             {"capacity_factor": 0.25, "routing": "vanilla"}]),
+    ("topk-dropless", dict(router="top_k", classifier="token", moe_layers=(1,), num_experts=4,
+                           capacity_factor=None),
+     24, 3, [{}, {"overflow": "next"}, {"capacity_factor": 0.25}]),
+    ("topk-eval-cf", dict(router="top_k", classifier="gap", moe_layers=(1,), num_experts=8,
+                          capacity_factor=None, eval_capacity_factor=0.25),
+     25, 3, [{}, {"capacity_factor": 1.05}]),
 ]
 
 
@@ -71,6 +100,10 @@ def cli_flags(run):
         flags += ["--routing", run["routing"]]
     if run.get("group_images") is not None:
         flags += ["--group-images", str(run["group_images"])]
+    if run.get("priority"):
+        flags += ["--priority", run["priority"]]
+    if run.get("overflow"):
+        flags += ["--overflow", run["overflow"]]
     return flags
 
 
@@ -176,6 +209,8 @@ def check_route(vmoe, model, path, params, config, run, out_dir, where):
         d = max_diff(g["gates"], e["gates"], f"{tag} gates")
         if not d <= ROUTE_TOL:
             raise Mismatch(f"{tag}: gates differ by {d:.3g} > {ROUTE_TOL}")
+        if e["router"] == "top_k":
+            check_route_top_k(g, e, tag)
         for t, (gc, ec) in enumerate(zip(g["choices"], e["choices"])):
             if e["router"] == "top_k":
                 same = [(c["expert"], c["kept"]) for c in gc] == [(c["expert"], c["kept"]) for c in ec]
@@ -186,6 +221,27 @@ def check_route(vmoe, model, path, params, config, run, out_dir, where):
         if len(g["choices"]) != len(e["choices"]):
             raise Mismatch(f"{tag}: {len(g['choices'])} tokens in choices, expected {len(e['choices'])}")
     check_route_foreground(got, ref.read_pnm(path), config, expected, where)
+
+
+def check_route_top_k(got, expected, tag):
+    """The top-k routing variants in one route layer: names, choice weights, BPR scores/rank."""
+    for key in ("priority", "gating", "overflow"):
+        if got.get(key) != expected[key]:
+            raise Mismatch(f"{tag}: {key} {got.get(key)!r} != reference {expected[key]!r}")
+    if (got.get("capacity_factor", 0) is None) != expected["dropless"]:
+        raise Mismatch(f"{tag}: capacity_factor {got.get('capacity_factor')!r} but reference "
+                       f"dropless is {expected['dropless']}")
+    weights = [[c["gate"] for c in row] for row in got["choices"]]
+    d = max_diff(weights, [[c["gate"] for c in row] for row in expected["choices"]],
+                 f"{tag} choice gates")
+    if not d <= ROUTE_TOL:
+        raise Mismatch(f"{tag}: choice gates ({expected['gating']}) differ by {d:.3g} > {ROUTE_TOL}")
+    d = max_diff(got.get("priority_score", []), expected["priority_score"], f"{tag} priority_score")
+    if not d <= ROUTE_TOL:
+        raise Mismatch(f"{tag}: priority_score ({expected['priority']}) differs by {d:.3g} > {ROUTE_TOL}")
+    if got.get("priority_rank") != expected["priority_rank"]:
+        raise Mismatch(f"{tag}: priority_rank {got.get('priority_rank')} != reference "
+                       f"{expected['priority_rank']}")
 
 
 def check_route_foreground(got, pixels, config, expected, where):
@@ -281,6 +337,11 @@ def main():
     os.makedirs(tmp, exist_ok=True)
 
     start, failures = time.time(), []
+    try:
+        ref.selftest()
+    except AssertionError as err:
+        failures.append("selftest")
+        print(f"FAIL reference selftest: {err}")
     for name, config_args, seed, num_images, runs in VARIANTS:
         if args.only and name not in args.only:
             continue

@@ -39,21 +39,37 @@ IMAGE_DEFAULTS = {"resize": "none", "resize_small": 256, "value_range": [-1, 1]}
 MOE_DEFAULTS = {"layers": [], "router": "top_k", "num_experts": 8, "k": 2,
                 "capacity_factor": 1.05, "capacity_rounding": "ceil",
                 "capacity_multiple_of": 4, "batch_priority": True,
-                "group_images": 1, "noise_std": 1.0, "slots_per_expert": 1}
+                "group_images": 1, "noise_std": 1.0, "slots_per_expert": 1,
+                "priority": "max_gate", "gating": "softmax_topk", "overflow": "drop",
+                "eval_capacity_factor": None}
+# The top-k routing variants of issue 11 (amendment keys), with their allowed values.
+PRIORITIES = ("max_gate", "sum_gates", "entropy", "random", "learned")
+GATINGS = ("softmax_topk", "topk_softmax")
+OVERFLOWS = ("drop", "next")
 
 
 def make_config(router="top_k", classifier="token", channels=1, representation_size=None,
                 height=28, width=28, patch=(4, 4), hidden_size=32, num_layers=3,
                 num_heads=2, mlp_dim=64, moe_layers=(1,), num_experts=8, k=2,
                 capacity_factor=1.05, batch_priority=True, group_images=1,
-                slots_per_expert=1, value_range=(-1, 1)):
-    """A complete vmoe.config dict (only keys listed in §3).
+                slots_per_expert=1, value_range=(-1, 1), priority="max_gate",
+                gating="softmax_topk", overflow="drop", eval_capacity_factor=None):
+    """A complete vmoe.config dict (only keys listed in §3, plus the amendment's top-k
+    routing keys priority / gating / overflow / eval_capacity_factor when they are not
+    the default; capacity_factor None is written as null = dropless).
 
     DECISION: a dense model (router "dense" here) is written with "moe.layers": []
     and otherwise default routing fields, so it parses like any other config.
     """
     if router == "dense":
         router, moe_layers = "top_k", ()
+    routing = {}
+    for key, value, default in (("priority", priority, "max_gate"),
+                                ("gating", gating, "softmax_topk"),
+                                ("overflow", overflow, "drop"),
+                                ("eval_capacity_factor", eval_capacity_factor, None)):
+        if value != default:
+            routing[key] = value
     return {
         "format": "vmoe", "version": 1,
         "image": {"height": height, "width": width, "channels": channels,
@@ -68,7 +84,7 @@ def make_config(router="top_k", classifier="token", channels=1, representation_s
                 "capacity_factor": capacity_factor, "capacity_rounding": "ceil",
                 "capacity_multiple_of": 4, "batch_priority": batch_priority,
                 "group_images": group_images, "noise_std": 1.0,
-                "slots_per_expert": slots_per_expert},
+                "slots_per_expert": slots_per_expert, **routing},
     }
 
 
@@ -84,11 +100,36 @@ def fill_defaults(config):
     return cfg
 
 
-def effective_moe(cfg, capacity_factor=None, routing=None, group_images=None):
-    """The routing settings after command-line style overrides."""
+def effective_moe(cfg, capacity_factor=None, routing=None, group_images=None, priority=None,
+                  overflow=None):
+    """The routing settings of inference after command-line style overrides.
+
+    capacity_factor None in the result means dropless (every expert has room for its
+    whole group). eval_capacity_factor, when the config has one, replaces the training
+    capacity_factor (dropless or not); --capacity-factor replaces both.
+    """
     moe = dict(cfg["moe"])
+    for key, allowed in (("priority", PRIORITIES), ("gating", GATINGS), ("overflow", OVERFLOWS)):
+        if moe[key] not in allowed:
+            raise ValueError(f"moe.{key} must be one of {', '.join(allowed)}, not {moe[key]!r}")
+    if moe["eval_capacity_factor"] is not None:
+        moe["capacity_factor"] = float(moe["eval_capacity_factor"])
     if capacity_factor is not None:
         moe["capacity_factor"] = float(capacity_factor)
+    if priority is not None:
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
+        if priority == "learned" and cfg["moe"]["priority"] != "learned":
+            raise ValueError("priority learned needs a model with a learned scorer")
+        moe["priority"] = priority
+    if overflow is not None:
+        if overflow not in OVERFLOWS:
+            raise ValueError(f"overflow must be one of {', '.join(OVERFLOWS)}, not {overflow!r}")
+        moe["overflow"] = overflow
+    if moe["router"] != "top_k" and (moe["priority"] != "max_gate" or moe["overflow"] != "drop"
+                                     or moe["gating"] != "softmax_topk"
+                                     or moe["capacity_factor"] is None):
+        raise ValueError("priority, gating, overflow and dropless apply to the top_k router only")
     if routing is not None:
         if routing not in ("bpr", "vanilla"):
             raise ValueError(f"routing must be bpr or vanilla, not {routing!r}")
@@ -200,6 +241,9 @@ def param_shapes(config):
                 shapes[b + "Moe/Router/scale"] = ()
             else:
                 shapes[b + "Moe/Router/dense/kernel"] = (d, e)
+            if moe["priority"] == "learned":  # the block's learned BPR scorer s = h . kernel + bias
+                shapes[b + "Moe/Priority/kernel"] = (d,)
+                shapes[b + "Moe/Priority/bias"] = ()
         else:
             shapes[b + "Mlp/Dense_0/kernel"] = (d, m)
             shapes[b + "Mlp/Dense_0/bias"] = (m,)
@@ -230,7 +274,9 @@ def random_model(config, seed):
     kernels ~ N(0, 1/fan_in); router kernel std 3/sqrt(D) so gates are peaked;
     LayerNorm scale ~ 1 + 0.1 N; biases ~ 0.05 N; cls/pos ~ 0.2 N;
     Soft-MoE mu ~ N(0, 1) (normalised anyway) and scale = 2 sqrt(D), so that the
-    cosine logits (~ +-1/sqrt(D) for random vectors) give peaked dispatch weights.
+    cosine logits (~ +-1/sqrt(D) for random vectors) give peaked dispatch weights;
+    learned scorer kernel ~ N(0, 1/D), so s is of order 1 and 2 sigmoid(s) spreads over
+    about (0.5, 1.5) instead of saturating.
     """
     rng = np.random.default_rng(seed)
     params = {}
@@ -241,6 +287,8 @@ def random_model(config, seed):
             value = rng.standard_normal(shape)
         elif name.endswith("Router/dense/kernel"):
             value = rng.standard_normal(shape) * 3.0 / math.sqrt(shape[0])
+        elif name.endswith("Priority/kernel"):
+            value = rng.standard_normal(shape) / math.sqrt(shape[0])
         elif name.endswith("kernel"):
             value = rng.standard_normal(shape) / math.sqrt(_fan_in(name, shape))
         elif "LayerNorm" in name or "encoder_norm" in name:
@@ -408,35 +456,113 @@ def _min_adjacent_gap(sorted_desc):
     return float(np.min(sorted_desc[..., :-1] - sorted_desc[..., 1:]))
 
 
-# experts[t] = the k experts with the largest gates[t], descending, ties -> lower index.
-# order = positions (vanilla) or tokens by top-1 gate descending, stable (BPR).
-# for j in 0..k-1: for t in order: e = experts[t, j]; kept if fill[e] < c (then fill[e]++).
-def top_k_assign(gates, k, capacity, batch_priority):
+def splitmix64(x):
+    """The first output of a splitmix64 generator seeded with x (Steele, Lea & Flood 2014)."""
+    mask = (1 << 64) - 1
+    z = (x + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+# BPR's score per token, larger goes first (gates (S, E) the router softmax):
+#   max_gate  = max_e gates[t, e]                    (V-MoE's top-1 gate)
+#   sum_gates = sum of the token's k largest gates
+#   entropy   = sum_e gates[t, e] log gates[t, e]    (minus the entropy: confident first)
+#   random    = top 24 bits of splitmix64(t) / 2^24, t = position in the group (content-blind)
+#   learned   = s[t] = h[t] . kernel + bias          (the block's scorer)
+def priority_scores(gates, k, priority, learned=None):
+    """DECISION (the issue says "gates"): sum_gates and entropy read the softmax gates
+    over all E experts, also under gating topk_softmax, whose renormalised k gates
+    always sum to 1 and would rank nothing."""
+    s = gates.shape[0]
+    if priority == "max_gate":
+        return gates.max(axis=1)
+    if priority == "sum_gates":
+        return np.sort(gates, axis=1)[:, -k:].sum(axis=1)
+    if priority == "entropy":
+        return (gates * np.log(np.maximum(gates, 1e-300))).sum(axis=1)  # 0 log 0 = 0
+    if priority == "random":
+        return np.array([(splitmix64(t) >> 40) / float(1 << 24) for t in range(s)])
+    if priority == "learned":
+        if learned is None:
+            raise ValueError("priority learned: the model has no learned scorer")
+        return np.asarray(learned, dtype=np.float64)
+    raise ValueError(f"unknown priority {priority!r}")
+
+
+def processing_order(scores, batch_priority):
+    """Token positions in the order their choices are served: by position (vanilla) or
+    by score descending, ties keeping position (BPR)."""
+    if batch_priority:
+        return np.argsort(-np.asarray(scores), kind="stable")
+    return np.arange(len(scores))
+
+
+# ranking[t] = all experts by gates[t], descending, ties -> lower index; the top-k are the
+# token's choices. order = processing_order(scores); scores default to the top-1 gate.
+# for j in 0..k-1: for t in order: the j-th choice of t goes to
+#   overflow "drop": its own expert ranking[t, j] if fill < c, else nowhere;
+#   overflow "next": the best-ranked expert with fill < c that t does not hold yet
+#     (every expert ranked above ranking[t, j] is already full or already holds t,
+#     so this is the choice's own expert when it has room, else the next one with room).
+def top_k_assign(gates, k, capacity, batch_priority, scores=None, overflow="drop",
+                 exact_scores=False):
     """Returns (experts (S,k) int, kept (S,k) bool, margin).
 
-    margin = smallest gate difference that decided anything (near-tie detector).
+    experts[t, j] = the expert that took the choice (with overflow "next" possibly not
+    the j-th ranked one), or the j-th ranked expert when the choice was dropped.
+    margin = smallest gap that decided anything (near-tie detector): gates between the
+    ranks used, log gates (= logit gaps) over the whole ranking with overflow "next",
+    and the scores in BPR order unless exact_scores (scores the engine computes
+    bit-identically, e.g. the random scorer).
     """
     s, e = gates.shape
     if not 1 <= k <= e:
         raise ValueError(f"k={k} must be in 1..{e}")
-    by_gate = np.argsort(-gates, axis=1, kind="stable")
-    experts = by_gate[:, :k]
-    sorted_gates = np.take_along_axis(gates, by_gate, axis=1)
+    if overflow not in OVERFLOWS:
+        raise ValueError(f"unknown overflow {overflow!r}")
+    ranking = np.argsort(-gates, axis=1, kind="stable")
+    sorted_gates = np.take_along_axis(gates, ranking, axis=1)
     margin = _min_adjacent_gap(sorted_gates[:, :min(k + 1, e)])
-    if batch_priority:
-        order = np.argsort(-gates[np.arange(s), experts[:, 0]], kind="stable")
-        margin = min(margin, _min_adjacent_gap(gates[order, experts[order, 0]]))
-    else:
-        order = np.arange(s)
+    if overflow == "next":
+        margin = min(margin, _min_adjacent_gap(np.log(np.maximum(sorted_gates, 1e-300))))
+    if scores is None:
+        scores = sorted_gates[:, 0]
+    order = processing_order(scores, batch_priority)
+    if batch_priority and not exact_scores:
+        margin = min(margin, _min_adjacent_gap(np.asarray(scores)[order]))
     fill = np.zeros(e, dtype=int)
+    experts = ranking[:, :k].copy()
     kept = np.zeros((s, k), dtype=bool)
     for j in range(k):
         for t in order:
-            x = experts[t, j]
-            if fill[x] < capacity:
-                kept[t, j] = True
-                fill[x] += 1
+            held = set(experts[t, :j][kept[t, :j]].tolist())
+            candidates = ranking[t, j:j + 1] if overflow == "drop" else ranking[t]
+            for x in candidates:
+                if fill[x] < capacity and x not in held:
+                    experts[t, j], kept[t, j] = x, True
+                    fill[x] += 1
+                    break
     return experts, kept, margin
+
+
+# gating softmax_topk (V-MoE): weight = gates[t, e];
+# gating topk_softmax (Mixtral): weight = gates[t, e] / (sum of the token's k largest gates)
+#   = softmax over the k chosen logits.
+def choice_weights(gates, experts, k, gating):
+    """(S, k) combine weights of the experts in `experts`.
+
+    DECISION (a choice sent elsewhere by overflow "next"): under topk_softmax its weight is
+    the new expert's gate over the same sum of the token's original top-k gates, so where
+    a choice lands never changes the other choices' weights.
+    """
+    weights = np.take_along_axis(gates, experts, axis=1)
+    if gating == "topk_softmax":
+        weights = weights / np.sort(gates, axis=1)[:, -k:].sum(axis=1, keepdims=True)
+    elif gating != "softmax_topk":
+        raise ValueError(f"unknown gating {gating!r}")
+    return weights
 
 
 # taken[:, e] = the c tokens with the largest gates[:, e] (ties -> lower token index).
@@ -478,21 +604,40 @@ def soft_weights(x, mu, scale):
 # MoE layers on one group x (S, D)
 # ---------------------------------------------------------------------------
 
-# gates = softmax(x @ W); y[t] = sum_{kept j} gates[t, e_j] * expert_{e_j}(x[t])
+# gates = softmax(x @ W); c = capacity rule, or S when dropless (capacity_factor None);
+# s = x @ kernel + bias when the block has a learned scorer;
+# y[t] = scale[t] * sum_{kept j} weight[t, j] * expert_{e_j}(x[t]),
+# weight from choice_weights (gating), scale = 2 sigmoid(s[t]) with a learned scorer, else 1.
+# The scale applies whatever priority orders the tokens: it is part of the model.
 def top_k_moe(x, p, prefix, moe):
     s = x.shape[0]
     e, k = moe["num_experts"], moe["k"]
     gates = softmax(x @ p[prefix + "Router/dense/kernel"], axis=-1)
-    c = compute_capacity(s * k, e, moe["capacity_factor"], moe["capacity_multiple_of"],
-                         moe["capacity_rounding"])
-    experts, kept, margin = top_k_assign(gates, k, c, moe["batch_priority"])
+    if moe["capacity_factor"] is None:
+        c = s  # dropless: a token takes an expert at most once, so S slots always suffice
+    else:
+        c = compute_capacity(s * k, e, moe["capacity_factor"], moe["capacity_multiple_of"],
+                             moe["capacity_rounding"])
+    learned = None
+    if prefix + "Priority/kernel" in p:
+        learned = x @ p[prefix + "Priority/kernel"] + p[prefix + "Priority/bias"]
+    priority = moe.get("priority", "max_gate")
+    scores = priority_scores(gates, k, priority, learned)
+    experts, kept, margin = top_k_assign(gates, k, c, moe["batch_priority"], scores=scores,
+                                         overflow=moe.get("overflow", "drop"),
+                                         exact_scores=priority == "random")
+    weights = choice_weights(gates, experts, k, moe.get("gating", "softmax_topk"))
+    scale = np.ones(s) if learned is None else 2.0 / (1.0 + np.exp(-learned))
     y = np.zeros_like(x)
     for n in range(e):
         rows, cols = np.nonzero((experts == n) & kept)
         if len(rows):
-            y[rows] += gates[rows, n][:, None] * expert(p, prefix, n, x[rows], moe.get("gelu", "tanh"))
+            w = (weights[rows, cols] * scale[rows])[:, None]
+            y[rows] += w * expert(p, prefix, n, x[rows], moe.get("gelu", "tanh"))
+    rank = np.empty(s, dtype=int)
+    rank[processing_order(scores, moe["batch_priority"])] = np.arange(s)
     return y, {"capacity": c, "gates": gates, "experts": experts, "kept": kept,
-               "margin": margin}
+               "weights": weights, "scores": scores, "rank": rank, "margin": margin}
 
 
 # gates = softmax(x @ W) over experts; expert n takes its top-c tokens;
@@ -547,16 +692,18 @@ def moe_block(x, p, prefix, moe, tokens_per_image):
 # ---------------------------------------------------------------------------
 
 def forward(params, config, images, capacity_factor=None, routing=None, group_images=None,
-            dtype=np.float64):
+            priority=None, overflow=None, dtype=np.float64):
     """images: float (B, H, W, C), already mapped to value_range.
 
     Returns (logits (B, classes), trace). trace has one entry per MoE layer:
     {"layer", "router", "num_experts", "k", "slots_per_expert", "tokens_per_image",
-     "groups": [{"start", "size", "capacity"?, "gates"?, "experts"/"kept" (top_k),
+     "priority", "gating", "overflow", "dropless",
+     "groups": [{"start", "size", "capacity"?, "gates"?,
+                 "experts"/"kept"/"weights"/"scores"/"rank" (top_k),
                  "taken" (experts_choice), "dispatch"/"combine" (soft), "margin"}]}.
     """
     cfg = fill_defaults(config)
-    moe = effective_moe(cfg, capacity_factor, routing, group_images)
+    moe = effective_moe(cfg, capacity_factor, routing, group_images, priority, overflow)
     moe["gelu"] = cfg["gelu"]  # the experts' GELU form, like every MLP's
     p = {name: np.asarray(v, dtype=dtype) for name, v in params.items()}
     eps = cfg["layer_norm_eps"]
@@ -581,7 +728,9 @@ def forward(params, config, images, capacity_factor=None, routing=None, group_im
             y, groups = moe_block(y, p, b + "Moe/", moe, t)
             trace.append({"layer": i, "router": moe["router"], "num_experts": moe["num_experts"],
                           "k": moe["k"], "slots_per_expert": moe["slots_per_expert"],
-                          "tokens_per_image": t, "groups": groups})
+                          "tokens_per_image": t, "priority": moe["priority"],
+                          "gating": moe["gating"], "overflow": moe["overflow"],
+                          "dropless": moe["capacity_factor"] is None, "groups": groups})
         else:
             y = mlp(y, p[b + "Mlp/Dense_0/kernel"], p[b + "Mlp/Dense_0/bias"],
                     p[b + "Mlp/Dense_1/kernel"], p[b + "Mlp/Dense_1/bias"], cfg["gelu"])
@@ -637,7 +786,9 @@ def image_route_json(trace, image_index):
 
     DECISION: experts-choice "choices" lists, per token, every expert (ascending index)
     with kept = whether that expert took the token; check_engine compares only the set
-    of kept experts. Soft-MoE has empty "choices" and capacity None.
+    of kept experts. Soft-MoE has empty "choices" and capacity None. Top-k choices name
+    the expert that took the choice (the ranked one when dropped) and its combine weight
+    (choice_weights, without the learned scorer's scale).
     """
     layers = []
     for layer in trace:
@@ -647,11 +798,14 @@ def image_route_json(trace, image_index):
                  "num_experts": layer["num_experts"], "k": layer["k"],
                  "capacity": g.get("capacity")}
         if layer["router"] == "top_k":
-            gates = g["gates"][r:r + t]
-            entry["gates"] = gates.tolist()
-            entry["choices"] = [[{"expert": int(e), "gate": float(gates[i, e]), "kept": bool(kp)}
-                                 for e, kp in zip(g["experts"][r + i], g["kept"][r + i])]
+            entry["gates"] = g["gates"][r:r + t].tolist()
+            entry["choices"] = [[{"expert": int(e), "gate": float(w), "kept": bool(kp)}
+                                 for e, w, kp in zip(g["experts"][r + i], g["weights"][r + i],
+                                                     g["kept"][r + i])]
                                 for i in range(t)]
+            entry["priority_score"] = g["scores"][r:r + t].tolist()
+            entry["priority_rank"] = g["rank"][r:r + t].tolist()  # within the group
+            entry.update({key: layer[key] for key in ("priority", "gating", "overflow", "dropless")})
         elif layer["router"] == "experts_choice":
             gates = g["gates"][r:r + t]
             entry["gates"] = gates.tolist()
@@ -703,12 +857,13 @@ def make_case(config, seed, num_images, settings=({},), max_tries=200):
 
 
 def expected_json(params, config, images, files, capacity_factor=None, routing=None,
-                  group_images=None):
+                  group_images=None, priority=None, overflow=None):
     """Reference results: each image alone (logits + route trace) and the whole batch."""
     cfg = fill_defaults(config)
     gh, gw, t, has_cls = geometry(cfg)
-    settings = dict(capacity_factor=capacity_factor, routing=routing, group_images=group_images)
-    moe = effective_moe(cfg, capacity_factor, routing, group_images)
+    settings = dict(capacity_factor=capacity_factor, routing=routing, group_images=group_images,
+                    priority=priority, overflow=overflow)
+    moe = effective_moe(cfg, capacity_factor, routing, group_images, priority, overflow)
     x = image_input(config, images)
     per_image = []
     for i, name in enumerate(files):
@@ -724,7 +879,8 @@ def expected_json(params, config, images, files, capacity_factor=None, routing=N
     return {"config": config, "grid": [gh, gw], "cls": has_cls, "tokens_per_image": t,
             "settings": {"capacity_factor": moe["capacity_factor"],
                          "routing": "bpr" if moe["batch_priority"] else "vanilla",
-                         "group_images": moe["group_images"]},
+                         "group_images": moe["group_images"], "priority": moe["priority"],
+                         "gating": moe["gating"], "overflow": moe["overflow"]},
             "images": per_image,
             "batch": {"images": list(files), "logits": batch_logits.tolist(),
                       "moe": [image_moe_summary(batch_trace, i) for i in range(len(files))]}}
@@ -863,6 +1019,67 @@ def selftest():
            and np.abs(batch2[:4] - alone[:4]).max() > 1e-6,
            "group_images 2: groups 2,2,1 images, own capacities, batch effects")
 
+    # Issue 11 top-k variants, hand-worked.
+    # Overflow "next" on the §4 example (k=2, c=2). Vanilla: t1's 2nd choice e2 and t2's
+    # 2nd choice e0 are full and go on to e1, their next expert; BPR (order t2, t1, t0):
+    # t2's e0 and t0's e2 are full and go to e1. Nothing is dropped (6 choices, 6 slots).
+    experts, kept, _ = top_k_assign(gates, 2, 2, batch_priority=False, overflow="next")
+    _check(experts.tolist() == [[0, 2], [0, 1], [2, 1]] and kept.all(),
+           "overflow next, worked example, vanilla")
+    experts, kept, _ = top_k_assign(gates, 2, 2, batch_priority=True, overflow="next")
+    _check(experts.tolist() == [[0, 1], [0, 2], [2, 1]] and kept.all(),
+           "overflow next, worked example, BPR")
+    # A token never takes an expert twice: t2's 1st choice e0 is full (t0, t1) and goes to
+    # its 2nd-ranked e2; its 2nd choice, e2, then goes to its 3rd-ranked e3 (e1 is full).
+    g4 = np.array([[.6, .3, .06, .04], [.6, .3, .04, .06], [.5, .04, .4, .06]])
+    experts, kept, _ = top_k_assign(g4, 2, 2, batch_priority=False, overflow="next")
+    _check(experts.tolist() == [[0, 1], [0, 1], [2, 3]] and kept.all(),
+           "overflow next skips the expert the token already holds")
+    experts, kept, _ = top_k_assign(g4, 2, 2, batch_priority=False, overflow="drop")
+    _check(experts[2].tolist() == [0, 2] and kept[2].tolist() == [False, True],
+           "overflow drop: the same choice is dropped")
+    # topk_softmax divides by the token's top-k sum (t2: .5 + .4), also after overflow.
+    w = choice_weights(g4, np.array([[0, 1], [0, 1], [2, 3]]), 2, "topk_softmax")
+    _check(np.allclose(w, [[2 / 3, 1 / 3], [2 / 3, 1 / 3], [.4 / .9, .06 / .9]])
+           and np.allclose(choice_weights(g4, np.array([[2, 3]] * 3), 2, "softmax_topk"),
+                           g4[:, 2:]), "gating topk_softmax vs softmax_topk weights")
+    # Scorers on two tokens: t0 = (.5, .5, 0), t1 = (.7, .2, .1).
+    g2 = np.array([[.5, .5, 0], [.7, .2, .1]])
+    _check(np.allclose(priority_scores(g2, 2, "max_gate"), [.5, .7])
+           and np.allclose(priority_scores(g2, 2, "sum_gates"), [1.0, .9])
+           and np.allclose(priority_scores(g2, 2, "entropy"),
+                           [math.log(.5), .7 * math.log(.7) + .2 * math.log(.2) + .1 * math.log(.1)])
+           and splitmix64(0) == 0xE220A8397B1DCDAF
+           and np.allclose(priority_scores(g2, 2, "random"),
+                           [(0xE220A8397B1DCDAF >> 40) / 2 ** 24, (splitmix64(1) >> 40) / 2 ** 24]),
+           "scorers max_gate, sum_gates, entropy, random (splitmix64 test vector)")
+    # Both want e0 (c = 1): max_gate serves t1 (.7 > .5) first; entropy serves t0
+    # (ln 2 = .69 < .80) and sum_gates (k = 2) t0 (1.0 > .9).
+    first_kept = {name: top_k_assign(g2, 2, 1, True, scores=priority_scores(g2, 2, name))[1][:, 0]
+                  .tolist() for name in ("max_gate", "entropy", "sum_gates")}
+    _check(first_kept == {"max_gate": [False, True], "entropy": [True, False],
+                          "sum_gates": [True, False]},
+           "BPR order: max_gate vs lower entropy first vs larger top-k sum first")
+    # Dropless and the learned scorer on a block: c = S, nothing dropped; the learned
+    # scorer scales the whole routed output by 2 sigmoid(s) and orders BPR by s.
+    cfg_l = make_config(router="top_k", moe_layers=(1,), num_experts=4, k=2,
+                        capacity_factor=None, priority="learned", eval_capacity_factor=0.5)
+    params = random_model(cfg_l, 11)
+    pre = "Encoder/encoderblock_1/Moe/"
+    moe_l = effective_moe(fill_defaults(cfg_l))
+    _check(moe_l["capacity_factor"] == 0.5 and params[pre + "Priority/kernel"].shape == (32,)
+           and params[pre + "Priority/bias"].shape == (), "eval_capacity_factor, scorer tensors")
+    xs = rng.standard_normal((9, 32))
+    dropless = {**moe_l, "capacity_factor": None}
+    y, rec = top_k_moe(xs, params, pre, dropless)
+    plain = {n: v for n, v in params.items() if "/Priority/" not in n}
+    y0, rec0 = top_k_moe(xs, plain, pre, {**dropless, "priority": "max_gate"})
+    sig = xs @ params[pre + "Priority/kernel"] + params[pre + "Priority/bias"]
+    _check(rec["capacity"] == 9 and rec["kept"].all()
+           and np.allclose(y, y0 * (2 / (1 + np.exp(-sig)))[:, None])
+           and rec["rank"].tolist() == np.argsort(np.argsort(-sig, kind="stable")).tolist(),
+           "dropless c = S keeps all; learned: y = 2 sigmoid(s) y_plain, BPR ranks by s")
+
     # PNM round trip and value range.
     pix = random_image(rng, 5, 7, 3)
     with tempfile.TemporaryDirectory() as tmp:
@@ -902,6 +1119,15 @@ def main(argv=None):
     mk.add_argument("--capacity-factor", type=float, default=None, help="override for expected.json")
     mk.add_argument("--routing", choices=["bpr", "vanilla"], default=None)
     mk.add_argument("--group-images", type=int, default=None)
+    mk.add_argument("--model-priority", choices=PRIORITIES, default="max_gate",
+                    help="moe.priority stored in the config")
+    mk.add_argument("--model-gating", choices=GATINGS, default="softmax_topk")
+    mk.add_argument("--model-overflow", choices=OVERFLOWS, default="drop")
+    mk.add_argument("--model-capacity-factor", default="1.05",
+                    help="moe.capacity_factor stored in the config, or null (dropless)")
+    mk.add_argument("--model-eval-capacity-factor", type=float, default=None)
+    mk.add_argument("--priority", choices=PRIORITIES, default=None)
+    mk.add_argument("--overflow", choices=OVERFLOWS, default=None)
     sub.add_parser("selftest", help="internal consistency checks")
     args = ap.parse_args(argv)
 
@@ -915,9 +1141,15 @@ def main(argv=None):
                          moe_layers=[int(v) for v in args.moe_layers.split(",") if v],
                          num_experts=args.experts, k=args.k,
                          slots_per_expert=args.slots_per_expert,
-                         group_images=args.model_group_images)
+                         group_images=args.model_group_images,
+                         capacity_factor=None if args.model_capacity_factor == "null"
+                         else float(args.model_capacity_factor),
+                         priority=args.model_priority, gating=args.model_gating,
+                         overflow=args.model_overflow,
+                         eval_capacity_factor=args.model_eval_capacity_factor)
     settings = dict(capacity_factor=args.capacity_factor, routing=args.routing,
-                    group_images=args.group_images)
+                    group_images=args.group_images, priority=args.priority,
+                    overflow=args.overflow)
     params, images = make_case(config, args.seed, args.num_images, settings=(settings,))
     model, files = write_case(args.out, params, config, images, **settings)
     print(f"wrote {model}, {len(files)} images, {os.path.join(args.out, 'expected.json')}")
