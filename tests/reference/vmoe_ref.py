@@ -1035,6 +1035,11 @@ def selftest():
     experts, kept, _ = top_k_assign(g4, 2, 2, batch_priority=False, overflow="next")
     _check(experts.tolist() == [[0, 1], [0, 1], [2, 3]] and kept.all(),
            "overflow next skips the expert the token already holds")
+    # Two equal tokens p = (.5, .4, .1), c = 1, vanilla: t0 -> e0, t1 -> e1 (e0 full),
+    # t0's 2nd choice e1 is full -> e2; t1's 2nd choice e1 holds t1 and e2 is full: dropped.
+    experts, kept, _ = top_k_assign(np.array([[.5, .4, .1]] * 2), 2, 1, False, overflow="next")
+    _check(experts.tolist() == [[0, 2], [1, 1]] and kept.tolist() == [[True, True], [True, False]],
+           "overflow next: a choice whose expert holds the token and no room left is dropped")
     experts, kept, _ = top_k_assign(g4, 2, 2, batch_priority=False, overflow="drop")
     _check(experts[2].tolist() == [0, 2] and kept[2].tolist() == [False, True],
            "overflow drop: the same choice is dropped")
