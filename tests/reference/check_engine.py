@@ -69,7 +69,7 @@ VARIANTS = [
              {"capacity_factor": 0.25, "priority": "random"},
              {"capacity_factor": 0.5, "overflow": "next"},
              {"capacity_factor": 0.25, "overflow": "next", "routing": "vanilla"},
-             {"capacity_factor": 0.5, "overflow": "next", "priority": "entropy",
+             {"capacity_factor": 0.5, "overflow": "next", "priority": "random",
               "group_images": 2}]),
     ("topk-softmax-next", dict(router="top_k", classifier="gap", moe_layers=(1,), num_experts=4,
                                gating="topk_softmax", overflow="next", capacity_factor=0.5),
