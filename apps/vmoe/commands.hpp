@@ -5,6 +5,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -37,6 +38,9 @@ extern const CLI::Validator kNonNegative;  // >= 0
 // that underflow (1e-320) and trailing text are refused with a message saying which.
 CLI::Validator number_in(double lo, double hi);
 CLI::Validator positive_at_most(double max);
+
+// The config names of the registered routers (lib/moe/router_registry.cpp), for --router.
+std::vector<std::string> router_list();
 
 // -m MODEL: given, else $VMOE_MODEL, else the bundled default next to the binary.
 std::string resolve_model_path(const std::string& given);

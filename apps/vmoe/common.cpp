@@ -13,6 +13,7 @@
 #include "commands.hpp"
 #include "io/atomic_file.hpp"
 #include "core/error.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe::cli {
 
@@ -72,6 +73,12 @@ MoeConfig checked_routing(const ModelConfig& model, const RoutingFlags& flags) {
   } catch (const Error& e) {
     throw UsageError(e.what());  // the flags asked for it: bad usage
   }
+}
+
+std::vector<std::string> router_list() {
+  std::vector<std::string> names;
+  for (const Router* r : routers()) names.push_back(r->name());
+  return names;
 }
 
 std::string resolve_model_path(const std::string& given) {

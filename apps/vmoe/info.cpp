@@ -7,6 +7,7 @@
 #include "model/cost.hpp"
 #include "model/params.hpp"
 #include "moe/capacity.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe::cli {
 
@@ -37,16 +38,13 @@ Run add_info(CLI::App& root) {
     if (routing) {
       const MoeConfig& m = *routing;
       for (int layer : m.layers) {
-        nlohmann::json l{{"layer", layer}, {"router", to_string(m.router)}, {"num_experts", m.num_experts}};
-        if (m.router == RouterKind::top_k) {
+        nlohmann::json l{{"layer", layer}, {"router", m.router->name()}, {"num_experts", m.num_experts}};
+        if (m.router->drops()) {
           const int64_t cap = group_capacity(m, S);
-          l["k"] = m.k;
+          const int k = m.router->trace_k(m);  // per-token choices: capacity is over S * k
+          if (k > 0) l["k"] = k;
           l["capacity"] = cap;
-          l["effective_capacity_factor"] = effective_capacity_factor(cap, m.num_experts, int64_t{S} * m.k);
-        } else if (m.router == RouterKind::experts_choice) {
-          const int64_t cap = group_capacity(m, S);
-          l["capacity"] = cap;
-          l["effective_capacity_factor"] = effective_capacity_factor(cap, m.num_experts, S);
+          l["effective_capacity_factor"] = effective_capacity_factor(cap, m.num_experts, k > 0 ? int64_t{S} * k : S);
         } else {
           l["slots_per_expert"] = m.slots_per_expert;
         }
@@ -71,7 +69,7 @@ Run add_info(CLI::App& root) {
     if (routing) {
       j["capacity_factor"] = routing->dropless ? nlohmann::json(nullptr) : nlohmann::json(routing->capacity_factor);
       j["routing"] = routing->batch_priority ? "bpr" : "vanilla";
-      if (routing->router == RouterKind::top_k) {
+      if (routing->router->top_k_options()) {
         j["priority"] = to_string(routing->priority);
         j["gating"] = to_string(routing->gating);
         j["overflow"] = to_string(routing->overflow);
@@ -102,7 +100,7 @@ Run add_info(CLI::App& root) {
                routing->batch_priority ? fmt::format("bpr by {}", to_string(routing->priority)) : std::string("vanilla"),
                routing->dropless ? std::string("none (dropless)") : fmt::format("{}", routing->capacity_factor),
                routing->group_images, S);
-    if (routing->router == RouterKind::top_k && (routing->gating != Gating::softmax_topk || routing->overflow != Overflow::drop))
+    if (routing->router->top_k_options() && (routing->gating != Gating::softmax_topk || routing->overflow != Overflow::drop))
       fmt::print("variants     gating {}, overflow {}\n", to_string(routing->gating), to_string(routing->overflow));
     for (const auto& l : layers) {
       std::string detail;

@@ -14,6 +14,7 @@
 #include "core/error.hpp"
 #include "model/foreground.hpp"
 #include "model/route.hpp"
+#include "moe/router.hpp"
 #include "viz/pictures.hpp"
 
 namespace vmoe::cli {
@@ -35,15 +36,6 @@ struct RouteArgs {
 
 using nlohmann::json;
 
-std::string routing_label(const MoeLayerTrace& t) {
-  switch (t.router) {
-    case RouterKind::top_k: return t.batch_priority ? "bpr" : "vanilla";  // the scorer is "priority"
-    case RouterKind::experts_choice: return "experts_choice";
-    case RouterKind::soft: return "soft";
-  }
-  return "";
-}
-
 double share(int64_t part, int64_t whole) { return whole > 0 ? static_cast<double>(part) / whole : 1.0; }
 
 // Per-layer foreground keys (issue 11): how many foreground patches, and the share kept
@@ -59,26 +51,26 @@ json layer_json(const MoeLayerTrace& t, const RouteResult& r) {
   const LayerCounts n = count_layer(t);
   const int N = static_cast<int>(t.num_tokens()), E = t.num_experts;
   json j = {{"layer", t.layer},
-            {"router", to_string(t.router)},
+            {"router", t.router->name()},
             {"num_experts", E},
-            {"k", t.router == RouterKind::top_k ? t.k : t.router == RouterKind::experts_choice ? E : 0},
+            {"k", t.router->listed_experts(t)},
             {"capacity", n.capacity},
             {"capacity_factor", t.capacity_factor},
             {"effective_capacity_factor", n.effective_factor},
-            {"routing", routing_label(t)},
+            {"routing", t.router->routing(t.batch_priority)},  // the scorer is "priority"
             {"slots_per_expert", t.slots_per_expert},
             {"tokens", N},
             {"dropped", N ? static_cast<double>(n.dropped_tokens) / N : 0.0},
             {"dropped_tokens", n.dropped_tokens},
             {"dropped_choices", n.dropped_choices}};
-  if (t.router == RouterKind::top_k) {
+  if (t.router->top_k_options()) {
     j["priority"] = to_string(t.priority);  // BPR's scorer (used when routing is bpr)
     j["gating"] = to_string(t.gating);
     j["overflow"] = to_string(t.overflow);
     if (t.dropless) j["capacity_factor"] = nullptr;
   }
   json gates = json::array(), choices = json::array(), dispatch = json::array(), combine = json::array();
-  if (t.router == RouterKind::soft) {
+  if (!t.router->drops()) {  // Soft-MoE: the slot weights
     const int S = E * t.slots_per_expert;
     for (int i = 0; i < N; ++i) {
       dispatch.push_back(std::vector<float>(t.dispatch.begin() + static_cast<ptrdiff_t>(i) * S,
@@ -92,7 +84,7 @@ json layer_json(const MoeLayerTrace& t, const RouteResult& r) {
                                          t.gates.begin() + static_cast<ptrdiff_t>(i + 1) * E));
     for (int i = 0; i < N; ++i) {
       json row = json::array();
-      if (t.router == RouterKind::top_k) {
+      if (t.k > 0) {  // per-token choices
         for (int q = 0; q < t.k; ++q) {
           const size_t c = static_cast<size_t>(i) * t.k + q;
           row.push_back({{"expert", t.choice_expert[c]}, {"gate", t.choice_gate[c]}, {"kept", t.choice_kept[c] != 0}});
@@ -106,7 +98,7 @@ json layer_json(const MoeLayerTrace& t, const RouteResult& r) {
       choices.push_back(std::move(row));
     }
     j["times_taken"] = t.times_taken;
-    if (t.router == RouterKind::top_k) {
+    if (t.k > 0) {
       j["priority_rank"] = t.priority_rank;
       j["priority_score"] = t.priority_score;
     }
@@ -127,8 +119,7 @@ json route_json(const RouteResult& r, const std::vector<std::string>& files) {
   json strip = json::array();
   for (const RoutedRun& run : r.strip) {
     json cell = {{"capacity_factor", run.capacity_factor},
-                 {"routing", r.config.moe->router == RouterKind::top_k ? (run.batch_priority ? "bpr" : "vanilla")
-                                                                      : "experts_choice"}};
+                 {"routing", r.config.moe->router->routing(run.batch_priority)}};
     if (!run.error.empty()) {
       cell["error"] = run.error;
     } else {
@@ -155,10 +146,10 @@ json route_json(const RouteResult& r, const std::vector<std::string>& files) {
               {"model", r.model},
               {"grid", {r.grid_h, r.grid_w}},
               {"cls", r.cls},
-              {"router", to_string(moe.router)},
+              {"router", moe.router->name()},
               {"capacity_factor", r.main.capacity_factor},
-              {"routing", moe.router == RouterKind::top_k ? (r.main.batch_priority ? "bpr" : "vanilla") : to_string(moe.router)},
-              {"priority", r.main.trace.layers.empty() || moe.router != RouterKind::top_k
+              {"routing", moe.router->routing(r.main.batch_priority)},
+              {"priority", r.main.trace.layers.empty() || !moe.router->top_k_options()
                                ? nlohmann::json(nullptr) : nlohmann::json(to_string(r.main.trace.layers.front().priority))},
               {"top", top},
               {"logits", r.main.logits},
@@ -178,24 +169,9 @@ void print_text(const RouteResult& r, const std::vector<std::string>& files, con
   for (const MoeLayerTrace& t : r.main.trace.layers) {
     const LayerCounts n = count_layer(t);
     const ForegroundKept fg = count_foreground_kept(t, r.foreground, r.grid_h * r.grid_w, r.config.moe->k);
-    switch (t.router) {
-      case RouterKind::top_k:
-        fmt::print("  layer {}: top-{} of {}, {}, capacity {} per expert (factor {}, effective {:.3g}): dropped {}/{} tokens, {}/{} choices\n",
-                   t.layer, t.k, t.num_experts,
-                   t.batch_priority ? fmt::format("bpr by {}", to_string(t.priority)) : std::string("vanilla"),
-                   n.capacity, t.capacity_factor,
-                   n.effective_factor, n.dropped_tokens, n.tokens, n.dropped_choices, n.choices);
-        break;
-      case RouterKind::experts_choice:
-        fmt::print("  layer {}: experts-choice, {} experts take {} tokens each (factor {}, effective {:.3g}): {}/{} tokens taken by none\n",
-                   t.layer, t.num_experts, n.capacity, t.capacity_factor, n.effective_factor, n.dropped_tokens, n.tokens);
-        break;
-      case RouterKind::soft:
-        fmt::print("  layer {}: soft-moe, {} experts x {} slots, nothing dropped\n", t.layer, t.num_experts,
-                   t.slots_per_expert);
-        break;
-    }
-    if (t.router != RouterKind::soft)
+    fmt::print("  layer {}: {}\n", t.layer,
+               t.router->summary(t, n.capacity, n.effective_factor, n.dropped_tokens, n.tokens, n.dropped_choices, n.choices));
+    if (t.router->drops())
       fmt::print("    foreground kept: {}/{} with all choices, {}/{} with at least one\n", fg.kept_all, fg.foreground,
                  fg.kept_any, fg.foreground);
   }

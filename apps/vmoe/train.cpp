@@ -17,11 +17,19 @@
 #include "io/config_json.hpp"
 #include "io/input_file.hpp"
 #include "model/architectures.hpp"
+#include "moe/router.hpp"
 #include "train/trainer.hpp"
 
 namespace vmoe::cli {
 
 namespace {
+
+// Whether the router has a learned Soft-MoE scale (what --soft-scale-init sets).
+bool is_soft_moe(const MoeConfig& m) {
+  for (const RouterParam& p : m.router->params(m, 1))
+    if (p.name == "scale") return true;
+  return false;
+}
 
 std::atomic<bool> g_stop{false};  // set by SIGINT: stop between steps, keep the last checkpoint
 
@@ -96,9 +104,7 @@ ModelConfig build_config(const TrainArgs& a) {
   if (c.moe) {
     MoeConfig& m = *c.moe;
     if (!a.moe_layers.empty()) m.layers = a.moe_layers;
-    if (a.router == "top_k") m.router = RouterKind::top_k;
-    if (a.router == "experts_choice") m.router = RouterKind::experts_choice;
-    if (a.router == "soft") m.router = RouterKind::soft;
+    if (!a.router.empty()) m.router = &find_router(a.router);
     if (a.experts) m.num_experts = *a.experts;
     if (a.k) m.k = *a.k;
     if (a.slots) m.slots_per_expert = *a.slots;
@@ -229,7 +235,7 @@ Run add_train(CLI::App& root) {
   app->add_option("--test-limit", s.test_limit, "evaluate only the first N test images")->check(kPositive);
   app->add_option("--log", a->log, "append per-epoch metrics to this CSV file");
   app->add_option("--threads", a->threads, "OpenMP threads")->check(CLI::Range(1, 1024));
-  app->add_option("--router", a->router, "MoE router")->check(CLI::IsMember({"top_k", "experts_choice", "soft"}));
+  app->add_option("--router", a->router, "MoE router")->check(CLI::IsMember(router_list()));
   app->add_option("--experts", a->experts, "experts per MoE layer")->check(CLI::Range(1, 4096));
   app->add_option("--k", a->k, "experts per token (top-k)")->check(CLI::Range(1, 4096));
   app->add_option("--slots", a->slots, "Soft-MoE slots per expert")->check(CLI::Range(1, 4096));
@@ -296,7 +302,7 @@ Run add_train(CLI::App& root) {
     } else {
       if (a->arch.empty()) throw UsageError("train needs --arch NAME (or --resume STATE, or --init-from MODEL)");
       const ModelConfig config = build_config(*a);
-      const bool soft = config.moe && config.moe->router == RouterKind::soft;
+      const bool soft = config.moe && is_soft_moe(*config.moe);
       if (a->soft_scale_init && !soft) throw UsageError("--soft-scale-init needs Soft-MoE layers");
       const float soft_scale = a->soft_scale_init ? static_cast<float>(*a->soft_scale_init) : default_soft_scale(config);
       Model initial = init_model(config, a->settings.seed, soft_scale);

@@ -5,6 +5,7 @@
 #include "commands.hpp"
 #include "core/error.hpp"
 #include "model/upcycle.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe::cli {
 
@@ -25,7 +26,7 @@ Run add_upcycle(CLI::App& root) {
   app->add_option("--experts", o.num_experts, "experts per MoE layer")->check(CLI::Range(1, 4096));
   app->add_option("--k", o.k, "experts per token (top-k)")->check(CLI::Range(1, 4096));
   app->add_option("--router", a->router, "top_k, experts_choice or soft")
-      ->check(CLI::IsMember({"top_k", "experts_choice", "soft"}));
+      ->check(CLI::IsMember(router_list()));
   app->add_option("--slots", o.slots_per_expert, "Soft-MoE slots per expert")->check(CLI::Range(1, 4096));
   app->add_option("--capacity-factor", o.capacity_factor, "capacity factor written to the config")->check(kPositive);
   app->add_option("--noise-std", o.noise_std, "router noise in training (times 1/E), written to the config")
@@ -40,8 +41,7 @@ Run add_upcycle(CLI::App& root) {
   app->add_option("--seed", o.seed, "seed for the noises and Soft-MoE mu");
   return [a] {
     UpcycleOptions o = a->options;
-    if (a->router == "experts_choice") o.router = RouterKind::experts_choice;
-    else if (a->router == "soft") o.router = RouterKind::soft;
+    o.router = &find_router(a->router);
     const Model dense = load_model(a->model);
     Model moe;
     try {
@@ -52,7 +52,7 @@ Run add_upcycle(CLI::App& root) {
     save_model(moe, a->output);
     const UpcycleScale s = upcycle_scale(o);
     fmt::print(stderr, "wrote {}: {} with {} experts ({}) in blocks {}, expert MLP {}, Dense_1 x{:g} (bias x{:g}), {} parameters\n",
-               a->output, a->model, o.num_experts, to_string(o.router), fmt::join(o.layers, ","), moe.config.mlp_dim, s.kernel,
+               a->output, a->model, o.num_experts, o.router->name(), fmt::join(o.layers, ","), moe.config.mlp_dim, s.kernel,
                s.bias, count_params(moe));
   };
 }

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe {
 namespace {
@@ -139,8 +140,12 @@ ModelConfig parse_config_json(const std::string& text) {
                         "moe");
     MoeConfig moe;
     moe.layers = get_int_array(m, "layers", "moe", true);
-    moe.router = get_enum(m, "router", RouterKind::top_k, "moe",
-                          {{"top_k", RouterKind::top_k}, {"experts_choice", RouterKind::experts_choice}, {"soft", RouterKind::soft}});
+    if (const std::string name = get_or<std::string>(m, "router", "", "moe"); !name.empty()) {
+      bool known = false;
+      for (const Router* r : routers()) known = known || name == r->name();
+      if (!known) fail("config: \"moe.router\" is \"{}\", expected {}", name, router_names("|"));
+      moe.router = &find_router(name);
+    }
     moe.num_experts = get_int(m, "num_experts", moe.num_experts, "moe");
     moe.k = get_int(m, "k", moe.k, "moe");
     if (m.contains("capacity_factor") && m["capacity_factor"].is_null()) moe.dropless = true;  // amendment: null = dropless
@@ -191,7 +196,7 @@ std::string config_to_json(const ModelConfig& c) {
   if (c.moe) {
     const MoeConfig& m = *c.moe;
     j["moe"] = {{"layers", m.layers},
-                {"router", to_string(m.router)},
+                {"router", m.router->name()},
                 {"num_experts", m.num_experts},
                 {"k", m.k},
                 {"capacity_factor", m.capacity_factor},

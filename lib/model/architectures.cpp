@@ -4,6 +4,7 @@
 #include <random>
 
 #include "core/error.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe {
 namespace {
@@ -52,7 +53,7 @@ std::vector<Architecture> make_architectures() {
     c.classifier = Classifier::gap;
     MoeConfig m;
     m.layers = {6, 7, 8, 9, 10, 11};
-    m.router = RouterKind::soft;
+    m.router = &find_router("soft");
     m.num_experts = 128;
     m.slots_per_expert = 1;
     c.moe = m;
@@ -72,7 +73,7 @@ std::vector<Architecture> make_architectures() {
     ModelConfig c = fashion(384);
     MoeConfig m;
     m.layers = {1, 3, 5};
-    m.router = RouterKind::experts_choice;
+    m.router = &find_router("experts_choice");
     m.capacity_factor = 1.0;
     c.moe = m;
     list.push_back({"ec-fmnist", "experts-choice for 28x28 grey: blocks 1,3,5 with 8 experts of MLP 384, factor 1.0", c});
@@ -83,7 +84,7 @@ std::vector<Architecture> make_architectures() {
     ModelConfig c = fashion(384);
     MoeConfig m;
     m.layers = {1, 3, 5};
-    m.router = RouterKind::soft;
+    m.router = &find_router("soft");
     m.num_experts = 8;
     m.slots_per_expert = 5;
     c.moe = m;

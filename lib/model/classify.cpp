@@ -6,6 +6,7 @@
 
 #include "core/error.hpp"
 #include "io/image.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe {
 
@@ -45,7 +46,7 @@ std::vector<Prediction> classify_files(Engine& engine, const std::vector<std::st
       p.logits.assign(l, l + c.num_classes);
       p.top = top_classes(l, c, top_n);
       for (const MoeLayerTrace& t : trace.layers)
-        p.moe.push_back({t.layer, t.router == RouterKind::soft ? 0 : t.capacity_of_image(b), t.dropped_fraction(b),
+        p.moe.push_back({t.layer, t.router->drops() ? t.capacity_of_image(b) : 0, t.dropped_fraction(b),
                          t.dropped_choice_fraction(b)});
       out.push_back(std::move(p));
     }

@@ -4,17 +4,10 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe {
 
-const char* to_string(RouterKind r) {
-  switch (r) {
-    case RouterKind::top_k: return "top_k";
-    case RouterKind::experts_choice: return "experts_choice";
-    case RouterKind::soft: return "soft";
-  }
-  return "?";
-}
 const char* to_string(Classifier c) { return c == Classifier::token ? "token" : "gap"; }
 const char* to_string(Resize r) {
   switch (r) {
@@ -81,7 +74,8 @@ int64_t ModelConfig::param_count() const {
     const int64_t mlp = 2 * D * M + M + D;
     if (is_moe_layer(b)) {
       const int64_t E = moe->num_experts;
-      n += E * mlp + (moe->router == RouterKind::soft ? D * E * moe->slots_per_expert + 1 : D * E);
+      n += E * mlp;
+      for (const RouterParam& r : moe->router->params(*moe, D)) n += shape_numel(r.shape);
       if (moe->priority == Priority::learned) n += D + 1;  // the block's priority scorer
     } else {
       n += mlp;
@@ -97,11 +91,11 @@ void check_routing(const ModelConfig& c, const MoeConfig& m) {
   if (m.eval_capacity_factor &&
       (!std::isfinite(*m.eval_capacity_factor) || !(*m.eval_capacity_factor > 0) || *m.eval_capacity_factor > kMaxCapacityFactor))
     fail("eval capacity factor must be a number in (0, {}], got {}", kMaxCapacityFactor, *m.eval_capacity_factor);
-  const bool top_k = m.router == RouterKind::top_k;
+  const bool top_k = m.router->top_k_options();
   if (!top_k && (m.priority != Priority::max_gate || m.gating != Gating::softmax_topk || m.overflow != Overflow::drop))
-    fail("priority, gating and overflow apply to the top_k router, not {}", to_string(m.router));
-  if (m.dropless && m.router != RouterKind::top_k)
-    fail("capacity factor null (dropless) applies to the top_k router, not {}", to_string(m.router));
+    fail("priority, gating and overflow apply to the top_k router, not {}", m.router->name());
+  if (m.dropless && !top_k)
+    fail("capacity factor null (dropless) applies to the top_k router, not {}", m.router->name());
   if (m.group_images < 1) fail("group size must be at least one image, got {}", m.group_images);
   const long long tokens = 1LL * m.group_images * c.num_tokens();
   if (tokens > kMaxGroupTokens)
@@ -172,7 +166,7 @@ void ModelConfig::validate() const {
   if (!moe) return;
   if (moe->num_experts > 4096) fail("config: moe.num_experts {} is implausibly large", moe->num_experts);
   positive("moe.k", moe->k);
-  if (moe->router == RouterKind::top_k && moe->k > moe->num_experts)
+  if (moe->router->top_k_options() && moe->k > moe->num_experts)
     fail("config: moe.k {} exceeds moe.num_experts {}", moe->k, moe->num_experts);
   if (!moe->dropless &&
       (!std::isfinite(moe->capacity_factor) || !(moe->capacity_factor > 0) || moe->capacity_factor > kMaxCapacityFactor))
@@ -217,7 +211,7 @@ MoeConfig apply_overrides(MoeConfig moe, const RoutingOverrides& o) {
     moe.dropless = false;
   }
   if (o.priority) {
-    if (moe.router != RouterKind::top_k) fail("--priority applies to the top_k router, not {}", to_string(moe.router));
+    if (!moe.router->top_k_options()) fail("--priority applies to the top_k router, not {}", moe.router->name());
     // The learned scorer is a set of weights: only a model trained with one has it.
     if (*o.priority == Priority::learned && moe.priority != Priority::learned)
       fail("--priority learned needs a model trained with a learned scorer (its config says priority {})",
@@ -225,7 +219,7 @@ MoeConfig apply_overrides(MoeConfig moe, const RoutingOverrides& o) {
     moe.priority = *o.priority;
   }
   if (o.overflow) {
-    if (moe.router != RouterKind::top_k) fail("--overflow applies to the top_k router, not {}", to_string(moe.router));
+    if (!moe.router->top_k_options()) fail("--overflow applies to the top_k router, not {}", moe.router->name());
     moe.overflow = *o.overflow;
   }
   if (o.batch_priority) moe.batch_priority = *o.batch_priority;

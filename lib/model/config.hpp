@@ -11,7 +11,10 @@ namespace vmoe {
 
 enum class Resize { none, stretch, resize_small_crop };
 enum class Classifier { token, gap };
-enum class RouterKind { top_k, experts_choice, soft };
+// The router of the MoE blocks (lib/moe/router.hpp): one object per config name,
+// registered in lib/moe/router_registry.cpp. default_router() is "top_k".
+class Router;
+const Router* default_router();
 enum class CapacityRounding { ceil, round };
 enum class Gelu { tanh, erf };  // GELU form of every MLP (amendment: top-level "gelu")
 // Top-k routing variants (docs/ROUTING.md): the order BPR processes tokens in, whether
@@ -29,7 +32,7 @@ struct ImageConfig {
 
 struct MoeConfig {
   std::vector<int> layers;  // encoder blocks whose MLP is an MoE layer
-  RouterKind router = RouterKind::top_k;
+  const Router* router = default_router();  // never null
   int num_experts = 8;
   int k = 2;
   double capacity_factor = 1.05;
@@ -84,7 +87,6 @@ struct ModelConfig {
   void validate() const;  // throws vmoe::Error naming the offending field
 };
 
-const char* to_string(RouterKind r);
 const char* to_string(Classifier c);
 const char* to_string(Resize r);
 const char* to_string(Gelu g);

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "moe/capacity.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe {
 
@@ -22,32 +22,8 @@ ModelCost model_cost(const ModelConfig& c, const MoeConfig* routing) {
       continue;
     }
     const MoeConfig& m = routing ? *routing : *c.moe;
-    const double E = m.num_experts;
     const int64_t S = int64_t{m.group_images} * c.num_tokens();
-    double rows = 0;  // expert rows per image
-    switch (m.router) {
-      case RouterKind::top_k: {
-        const int64_t cap = group_capacity(m, S);
-        rows = std::min<double>(T * m.k, E * cap / m.group_images);
-        cost.flops_router += 2 * T * D * E;
-        cost.params_active -= static_cast<int64_t>((E - m.k) * expert_params);
-        break;
-      }
-      case RouterKind::experts_choice: {
-        const int64_t cap = group_capacity(m, S);
-        rows = E * cap / m.group_images;
-        cost.flops_router += 2 * T * D * E;
-        cost.params_active -= static_cast<int64_t>((E - std::min(E, rows / T)) * expert_params);
-        break;
-      }
-      case RouterKind::soft: {
-        const double slots = E * m.slots_per_expert;
-        rows = slots / m.group_images;  // each group's slots are shared by its images
-        // logits, dispatch (slots x T x D) and combine (T x slots x D)
-        cost.flops_router += 2 * T * D * slots + 2 * 2 * T * slots * D;
-        break;
-      }
-    }
+    const double rows = m.router->cost(cost, m, T, D, S, expert_params);  // expert rows per image
     cost.flops_experts += 2 * 2 * rows * D * M;
   }
   const double pooled = c.pooled_size();

@@ -55,7 +55,7 @@ Engine::Engine(const Model& model) : model_(model) {
     p.qkv_kernel = Tensor({D, 3 * D});
     p.qkv_bias = Tensor({3 * D});
     pack_qkv(p.qkv_kernel.data(), p.qkv_bias.data(), b, D);
-    if (c.is_moe_layer(i) && c.moe->router == RouterKind::soft) {
+    if (c.is_moe_layer(i) && b.router_mu.numel() > 0) {  // Soft-MoE: mu normalised and scaled once
       const int64_t slots = int64_t{c.moe->num_experts} * c.moe->slots_per_expert;
       p.soft_mu = Tensor({D, slots});
       soft_normalised_mu(p.soft_mu.data(), b.router_mu.data(), b.router_scale[0], D, slots);

@@ -9,7 +9,9 @@
 
 #include "core/error.hpp"
 #include "model/foreground.hpp"
+#include "model/route.hpp"
 #include "moe/capacity.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe {
 
@@ -213,10 +215,10 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
     r.router = "dense";
     r.routing = "dense";
   } else {
-    r.router = to_string(moe->router);
-    r.routing = moe->router == RouterKind::top_k ? (moe->batch_priority ? "bpr" : "vanilla") : r.router;
-    r.has_capacity = moe->router != RouterKind::soft && !moe->dropless;
-    if (moe->router == RouterKind::top_k) r.priority = to_string(moe->priority), r.overflow = to_string(moe->overflow);
+    r.router = moe->router->name();
+    r.routing = moe->router->routing(moe->batch_priority);
+    r.has_capacity = moe->router->drops() && !moe->dropless;
+    if (moe->router->top_k_options()) r.priority = to_string(moe->priority), r.overflow = to_string(moe->overflow);
     r.capacity_factor = r.has_capacity ? moe->capacity_factor : 0.0;
     r.group_images = moe->group_images;
   }
@@ -291,26 +293,20 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
         EvalLayerCounts& lc = k.layers[li];
         const int64_t N = t.num_tokens();
         lc.tokens += N;
-        if (t.router != RouterKind::soft) {
-          for (int64_t n = 0; n < N; ++n) {
-            lc.dropped_tokens += t.times_taken[n] == 0;
-            lc.expert_tokens += t.times_taken[n];
-          }
-          if (!t.group_capacity.empty() && t.group_capacity.front() > lc.capacity) {
-            lc.capacity = t.group_capacity.front();
-            const int64_t group_tokens = int64_t{std::min(B, group)} * t.tokens_per_image;
-            const int64_t demand = t.router == RouterKind::top_k ? group_tokens * t.k : group_tokens;
-            lc.effective_capacity_factor = effective_capacity_factor(lc.capacity, t.num_experts, demand);
-          }
+        const LayerCounts counts = count_layer(t);
+        lc.dropped_tokens += counts.dropped_tokens;
+        lc.expert_tokens += counts.expert_tokens;
+        lc.choices += counts.choices;
+        lc.dropped_choices += counts.dropped_choices;
+        if (t.router->drops() && !t.group_capacity.empty() && t.group_capacity.front() > lc.capacity) {
+          lc.capacity = t.group_capacity.front();
+          const int64_t group_tokens = int64_t{std::min(B, group)} * t.tokens_per_image;
+          lc.effective_capacity_factor = effective_capacity_factor(lc.capacity, t.num_experts, t.demand(group_tokens));
         }
         const ForegroundKept fg = count_foreground_kept(t, foreground, patches, moe->k);
         lc.foreground_tokens += fg.foreground;
         lc.foreground_kept_all += fg.kept_all;
         lc.foreground_kept_any += fg.kept_any;
-        if (t.router == RouterKind::top_k) {
-          lc.choices += static_cast<int64_t>(t.choice_kept.size());
-          for (uint8_t kept : t.choice_kept) lc.dropped_choices += !kept;
-        }
       }
     }
     if (options.progress) options.progress(static_cast<int64_t>(first + B), static_cast<int64_t>(mine.size()));

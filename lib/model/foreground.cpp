@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe {
 
@@ -33,14 +34,14 @@ ForegroundKept count_foreground_kept(const MoeLayerTrace& t, const std::vector<u
     fail("internal: foreground mask of {} patches for a trace of {} tokens ({} per image, {} patches)", patch_mask.size(),
          t.num_tokens(), T, patches_per_image);
   // How many experts a token must get to count as kept with all choices.
-  const int all = t.router == RouterKind::top_k ? t.k : t.router == RouterKind::experts_choice ? std::max(1, all_threshold) : 0;
+  const int all = t.router->all_choices(t, all_threshold);
   ForegroundKept n;
   const int64_t images = t.num_tokens() / T;
   for (int64_t b = 0; b < images; ++b)
     for (int p = 0; p < patches_per_image; ++p) {
       if (!patch_mask[b * patches_per_image + p]) continue;
       ++n.foreground;
-      if (t.router == RouterKind::soft) {  // nothing is dropped
+      if (!t.router->drops()) {  // nothing is dropped
         ++n.kept_all, ++n.kept_any;
         continue;
       }

@@ -6,6 +6,7 @@
 
 #include "core/error.hpp"
 #include "io/config_json.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe {
 
@@ -49,12 +50,7 @@ std::vector<Slot> collect_slots(Params& p, const ModelConfig& c) {
       s.push_back({pre + "Moe/Mlp/Dense_0/bias", {E, M}, &b.mlp0_bias});
       s.push_back({pre + "Moe/Mlp/Dense_1/kernel", {E, M, D}, &b.mlp1_kernel});
       s.push_back({pre + "Moe/Mlp/Dense_1/bias", {E, D}, &b.mlp1_bias});
-      if (m.router == RouterKind::soft) {
-        s.push_back({pre + "Moe/Router/mu", {D, E, m.slots_per_expert}, &b.router_mu});
-        s.push_back({pre + "Moe/Router/scale", {}, &b.router_scale});
-      } else {
-        s.push_back({pre + "Moe/Router/dense/kernel", {D, E}, &b.router_kernel});
-      }
+      for (const RouterParam& r : m.router->params(m, D)) s.push_back({pre + "Moe/Router/" + r.name, r.shape, &(b.*r.tensor)});
       if (m.priority == Priority::learned) {
         s.push_back({pre + "Moe/Priority/kernel", {D}, &b.priority_kernel});
         s.push_back({pre + "Moe/Priority/bias", {}, &b.priority_bias});

@@ -9,6 +9,7 @@
 #include "io/image.hpp"
 #include "model/foreground.hpp"
 #include "moe/capacity.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe {
 namespace {
@@ -91,9 +92,10 @@ RouteResult route_image(Engine& engine, const std::string& model_path, const std
   r.main = run_once(engine, r.pixels.data(), main_factor, request.batch_priority, request, true);
   r.top = top_classes(r.main.logits.data(), c, request.top_classes);
 
-  if (request.strip && c.moe->router != RouterKind::soft) {
+  if (request.strip && c.moe->router->draws(RouteView::capacity_strip)) {
     r.strip_factors = request.capacity_factors.size() > 1 ? request.capacity_factors : default_strip_factors();
-    r.strip_rows_bpr = c.moe->router == RouterKind::top_k ? std::vector<bool>{true, false} : std::vector<bool>{true};
+    // Rows bpr and vanilla where batch priority applies.
+    r.strip_rows_bpr = c.moe->router->top_k_options() ? std::vector<bool>{true, false} : std::vector<bool>{true};
     for (bool bpr : r.strip_rows_bpr)
       for (double f : r.strip_factors) {
         try {
@@ -118,14 +120,17 @@ RouteResult route_image(Engine& engine, const std::string& model_path, const std
   return r;
 }
 
+// The one place drops are counted (route, eval, classify's capacity read it).
 LayerCounts count_layer(const MoeLayerTrace& t) {
   LayerCounts n;
   n.tokens = static_cast<int>(t.num_tokens());
-  const int E = t.num_experts;
-  if (t.router == RouterKind::soft) return n;  // capacity 0, as in `vmoe classify`
+  if (!t.router->drops()) return n;  // capacity 0, as in `vmoe classify`
   n.capacity = t.group_capacity.empty() ? 0 : t.group_capacity.front();
-  for (int i = 0; i < n.tokens; ++i) n.dropped_tokens += t.times_taken[i] == 0;
-  if (t.router == RouterKind::top_k) {
+  for (int i = 0; i < n.tokens; ++i) {
+    n.dropped_tokens += t.times_taken[i] == 0;
+    n.expert_tokens += t.times_taken[i];
+  }
+  if (t.k > 0) {  // per-token choices (top-k)
     n.choices = n.tokens * t.k;
     for (int i = 0; i < n.tokens; ++i) {
       int kept = 0;
@@ -133,10 +138,8 @@ LayerCounts count_layer(const MoeLayerTrace& t) {
       n.dropped_choices += t.k - kept;
       n.partial_tokens += kept > 0 && kept < t.k;
     }
-    n.effective_factor = n.tokens ? effective_capacity_factor(n.capacity, E, int64_t{n.tokens} * t.k) : 0.0;
-  } else {
-    n.effective_factor = n.tokens ? effective_capacity_factor(n.capacity, E, n.tokens) : 0.0;
   }
+  n.effective_factor = n.tokens ? effective_capacity_factor(n.capacity, t.num_experts, t.demand(n.tokens)) : 0.0;
   return n;
 }
 

@@ -66,6 +66,7 @@ struct LayerCounts {
   int tokens = 0;
   int dropped_tokens = 0;  // no expert processed the token (top-k, experts-choice)
   int partial_tokens = 0;  // top-k: some but not all choices dropped
+  int64_t expert_tokens = 0;  // sum over tokens of the experts that took them
   int choices = 0, dropped_choices = 0;  // top-k
   int capacity = 0;  // slots per expert (0 for Soft-MoE, as in `vmoe classify`)
   double effective_factor = 0;  // c * E / (S * k), or c * E / S for experts-choice

@@ -6,6 +6,7 @@
 
 #include "core/error.hpp"
 #include "model/architectures.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe {
 namespace {
@@ -26,14 +27,16 @@ void add_relative_noise(Tensor& t, double relative, std::mt19937_64& rng) {
 UpcycleScale upcycle_scale(const UpcycleOptions& o) {
   // Experts a token meets at the start, each at gate 1/E: k for top-k, all E for
   // experts-choice at c = S; Soft-MoE's combine weights already sum to 1.
-  const float per_token = o.router == RouterKind::top_k ? static_cast<float>(o.k) : static_cast<float>(o.num_experts);
-  const float w = o.router == RouterKind::soft ? 1.0f : static_cast<float>(o.num_experts) / per_token;
+  MoeConfig m;
+  m.router = o.router, m.num_experts = o.num_experts, m.k = o.k;
+  const float per_token = static_cast<float>(o.router->upcycle_experts_per_token(m));
+  const float w = static_cast<float>(o.num_experts) / per_token;
   return {w * static_cast<float>(o.mlp_split), w};
 }
 
 Model upcycle_model(const Model& dense, const UpcycleOptions& o) {
   const ModelConfig& dc = dense.config;
-  if (dc.moe) fail("{}: already has MoE layers ({}); upcycle starts from a dense model", dense.source, to_string(dc.moe->router));
+  if (dc.moe) fail("{}: already has MoE layers ({}); upcycle starts from a dense model", dense.source, dc.moe->router->name());
   if (o.layers.empty()) fail("upcycle: no MoE layers given");
   const int S = o.mlp_split, M = dc.mlp_dim;
   if (S < 1) fail("upcycle: mlp split must be at least 1, got {}", S);
@@ -107,15 +110,7 @@ Model upcycle_model(const Model& dense, const UpcycleOptions& o) {
     }
     add_relative_noise(b.mlp0_kernel, o.expert_noise, rng);
     add_relative_noise(b.mlp1_kernel, o.expert_noise, rng);
-    if (o.router == RouterKind::soft) {
-      // A zero mu would send every token's mean to every slot; start as `vmoe train` does.
-      std::normal_distribution<float> normal(0.0f, 1.0f / std::sqrt(static_cast<float>(D)));
-      for (int64_t j = 0; j < b.router_mu.numel(); ++j) b.router_mu[j] = normal(rng);
-      b.router_scale.fill(default_soft_scale(c));
-    } else if (o.router_std > 0) {
-      std::normal_distribution<float> normal(0.0f, static_cast<float>(o.router_std));
-      for (int64_t j = 0; j < b.router_kernel.numel(); ++j) b.router_kernel[j] = normal(rng);
-    }
+    o.router->init_upcycled(b, c, o.router_std, rng);
   }
   // The shapes are the config's by construction; param_slots checks that on save.
   return out;

@@ -26,7 +26,7 @@ namespace vmoe {
 
 struct UpcycleOptions {
   std::vector<int> layers;  // encoder blocks whose MLP becomes an MoE layer
-  RouterKind router = RouterKind::top_k;
+  const Router* router = default_router();
   int num_experts = 8;
   int k = 2;
   int slots_per_expert = 1;  // soft

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe {
 
@@ -22,18 +23,7 @@ int64_t expert_capacity(int64_t tokens, int num_experts, double capacity_factor,
   return capacity;
 }
 
-int64_t group_capacity(const MoeConfig& m, int64_t S) {
-  switch (m.router) {
-    case RouterKind::top_k:
-      if (m.dropless) return S;
-      return expert_capacity(S * m.k, m.num_experts, m.capacity_factor, m.capacity_rounding, m.capacity_multiple_of);
-    case RouterKind::experts_choice:
-      return std::min<int64_t>(
-          expert_capacity(S, m.num_experts, m.capacity_factor, m.capacity_rounding, m.capacity_multiple_of), S);
-    case RouterKind::soft: return 0;
-  }
-  return 0;
-}
+int64_t group_capacity(const MoeConfig& m, int64_t S) { return m.router->capacity(m, S); }
 
 double effective_capacity_factor(int64_t capacity, int num_experts, int64_t tokens) {
   return static_cast<double>(capacity) * num_experts / static_cast<double>(tokens);

@@ -11,9 +11,9 @@ namespace vmoe {
 int64_t expert_capacity(int64_t tokens, int num_experts, double capacity_factor,
                         CapacityRounding rounding = CapacityRounding::ceil, int multiple_of = 4);
 
-// Slots per expert for a group of S tokens under `moe`: top-k over S*k choices (S when
-// dropless: a token takes an expert at most once), experts-choice over S tokens and at
-// most S. Soft-MoE has slots, not capacity: 0.
+// Slots per expert for a group of S tokens under `moe`: the router's rule (Router::
+// capacity): top-k over S*k choices (S when dropless: a token takes an expert at most
+// once), experts-choice over S tokens and at most S. Soft-MoE has slots, not capacity: 0.
 int64_t group_capacity(const MoeConfig& moe, int64_t S);
 
 // c * E / tokens: the factor the rounding actually gives.

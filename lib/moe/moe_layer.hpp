@@ -9,6 +9,7 @@
 #include "core/stage_times.hpp"
 #include "model/config.hpp"
 #include "model/routing_trace.hpp"
+#include "moe/router.hpp"
 #include "moe/routers.hpp"
 #include "nn/primitive_cache.hpp"
 #include "tensor/tensor.hpp"
@@ -40,7 +41,7 @@ struct MoeWorkspace {
     int expert;
   };
   std::vector<Entry> entries;
-  std::vector<Entry> by_token;  // entries bucketed by token (CSR with token_begin)
+  std::vector<int64_t> by_token;  // indices of entries bucketed by token (CSR with token_begin (N+1))
   std::vector<int64_t> token_begin, cursor;
 };
 
@@ -65,10 +66,27 @@ std::vector<std::pair<int64_t, int64_t>> equal_size_runs(const std::vector<Group
 void learned_priority(float* s, const float* h, const float* kernel, float bias, int64_t N, int D);
 inline float learned_output_scale(float s) { return 2.0f / (1.0f + std::exp(-s)); }
 
-// Routes every group (top-k or experts-choice) on gates (N, E) and lays out the expert
-// rows expert-major: fills ws.entries, ws.rows_of_expert, ws.first_row (and the
-// per-group routings ws.top_k / ws.experts_choice). `learned` (N) is the learned
-// scorer's output or null.
+// Lays out expert rows expert-major (all groups' tokens of expert 0, then expert 1...)
+// from load (G, E), the rows each group sends each expert: fills ws.rows_of_expert,
+// ws.first_row and ws.group_expert_base[g*E + e], the first row of group g at expert e.
+void plan_rows(MoeWorkspace& ws, const std::vector<int64_t>& load, size_t G, int E);
+// Runs expert e's MLP on its rows ws.expert_in -> ws.expert_out:
+// out = GELU(in @ w0[e] + b0[e]) @ w1[e] + b1[e].
+void run_experts(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, nn::PrimitiveCache& cache);
+
+// The token routers' dispatch and combine, shared by the engine and training (which
+// keeps the expert activations for its backward):
+// in (rows, D): row entries[i].row = h[entries[i].token], token-parallel over entries.
+void gather_expert_rows(float* in, const float* h, const MoeWorkspace& ws, int D);
+// ws.token_begin, ws.by_token: the entries of each token in plan order (stable counting sort).
+void bucket_by_token(MoeWorkspace& ws, int64_t N);
+// x[n] += sum over token n's entries (in plan order) of weight * out[row], token-parallel.
+void combine_expert_rows(float* x, const float* out, const MoeWorkspace& ws, int64_t N, int D);
+
+// Routes every group with the token router moe.router on gates (N, E) and lays out the
+// expert rows expert-major: fills ws.entries, ws.rows_of_expert, ws.first_row (and the
+// router's per-group routings, ws.top_k / ws.experts_choice). `learned` (N) is the
+// learned scorer's output or null.
 void plan_routing(MoeWorkspace& ws, const float* gates, const float* learned, const MoeShape& shape,
                   const MoeConfig& moe);
 // Copies the routing plan of the last plan_routing into a trace.

@@ -1,7 +1,8 @@
 #pragma once
 // The routing decisions of the three routers (DESIGN §4) on one group of S tokens,
-// given the router's gates. Pure functions of their inputs: the engine calls them per
-// group, tests call them on hand-worked cases.
+// given the router's gates. Pure functions of their inputs: the routers (router.hpp)
+// call them per group, tests call them on hand-worked cases. Each is defined in its
+// router's file: router_top_k.cpp, router_experts_choice.cpp, router_soft.cpp.
 #include <cstdint>
 #include <vector>
 

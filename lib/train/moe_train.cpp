@@ -21,13 +21,7 @@ namespace {
 // Rows the experts can receive at most in one forward, over all groups.
 int64_t max_expert_rows(const MoeConfig& m, const std::vector<Group>& groups) {
   int64_t rows = 0;
-  for (const Group& g : groups) {
-    switch (m.router) {
-      case RouterKind::top_k: rows += std::min<int64_t>(g.size * m.k, int64_t{m.num_experts} * group_capacity(m, g.size)); break;
-      case RouterKind::experts_choice: rows += int64_t{m.num_experts} * group_capacity(m, g.size); break;
-      case RouterKind::soft: rows += int64_t{m.num_experts} * m.slots_per_expert; break;
-    }
-  }
+  for (const Group& g : groups) rows += m.router->max_rows(m, g.size);
   return rows;
 }
 
@@ -77,7 +71,7 @@ MoeTrainLayer::MoeTrainLayer(const ModelConfig& c, int B)
   d_expert_u_ = Tensor({max_rows_, M});
   ones_ = Tensor({std::max(N, max_rows_)});
   ones_.fill(1.0f);
-  if (moe_.router == RouterKind::soft) {
+  if (!moe_.router->routes_tokens()) {
     const int64_t slots = E * moe_.slots_per_expert, G = static_cast<int64_t>(groups_.size());
     inv_norm_ = Tensor({N});
     xn_ = Tensor({N, D});
@@ -143,12 +137,12 @@ void MoeTrainLayer::experts_backward(const BlockParams& p, BlockParams& g, nn::P
 
 void MoeTrainLayer::forward(float* x, const float* h, const BlockParams& p, std::mt19937_64* noise,
                             nn::PrimitiveCache& cache) {
-  if (moe_.router == RouterKind::soft) return soft_forward(x, h, p, cache);
+  if (!moe_.router->routes_tokens()) return soft_forward(x, h, p, cache);
   const int64_t N = shape_.tokens, D = shape_.hidden, E = moe_.num_experts;
   linear(clean_logits_.data(), h, p.router_kernel.data(), nullptr, N, D, E, cache);
   std::memcpy(noisy_logits_.data(), clean_logits_.data(), sizeof(float) * N * E);
   const double sigma = moe_.noise_std / E;
-  if (noise && moe_.router == RouterKind::top_k && sigma > 0) {
+  if (noise && moe_.router->top_k_options() && sigma > 0) {
     std::normal_distribution<float> normal(0.0f, static_cast<float>(sigma));
     for (int64_t i = 0; i < N * E; ++i) noisy_logits_[i] += normal(*noise);
   }
@@ -156,26 +150,11 @@ void MoeTrainLayer::forward(float* x, const float* h, const BlockParams& p, std:
   const bool learned = moe_.priority == Priority::learned;
   if (learned) learned_priority(scores_.data(), h, p.priority_kernel.data(), p.priority_bias[0], N, static_cast<int>(D));
   plan_routing(plan_, gates_.data(), learned ? scores_.data() : nullptr, shape_, moe_);
-  const auto& entries = plan_.entries;
-  const int64_t count = static_cast<int64_t>(entries.size());
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < count; ++i)
-    std::memcpy(expert_in_.data() + entries[i].row * D, h + entries[i].token * D, sizeof(float) * D);
+  // The engine's dispatch and combine (moe_layer.hpp); the experts keep their activations.
+  gather_expert_rows(expert_in_.data(), h, plan_, static_cast<int>(D));
   experts_forward(p, cache);
-  // Bucket entries by token (stable counting sort) so combine and scatter run per token.
-  token_begin_.assign(N + 1, 0);
-  for (const auto& en : entries) ++token_begin_[en.token + 1];
-  for (int64_t n = 0; n < N; ++n) token_begin_[n + 1] += token_begin_[n];
-  by_token_.resize(count);
-  std::vector<int64_t> cursor(token_begin_.begin(), token_begin_.end() - 1);
-  for (int64_t i = 0; i < count; ++i) by_token_[cursor[entries[i].token]++] = i;
-#pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t j = token_begin_[n]; j < token_begin_[n + 1]; ++j) {
-      const auto& en = entries[by_token_[j]];
-      const float* y = expert_out_.data() + en.row * D;
-      for (int64_t d = 0; d < D; ++d) x[n * D + d] += en.weight * y[d];
-    }
+  bucket_by_token(plan_, N);
+  combine_expert_rows(x, expert_out_.data(), plan_, N, static_cast<int>(D));
   compute_aux_losses();
 }
 
@@ -189,7 +168,7 @@ void MoeTrainLayer::compute_aux_losses() {
     for (int64_t n = 0; n < shape_.tokens; ++n) sum += learned_output_scale(scores_[n]);
     aux_.scorer = sum / static_cast<double>(shape_.tokens);
   }
-  if (moe_.router != RouterKind::top_k) return;
+  if (!moe_.router->top_k_options()) return;
   const int E = moe_.num_experts;
   const double sigma = moe_.noise_std / E;
   for (const Group& g : groups_) {
@@ -211,7 +190,7 @@ void MoeTrainLayer::compute_aux_losses() {
 
 void MoeTrainLayer::backward(float* dh, const float* dy, const float* h, const BlockParams& p, BlockParams& g,
                              float importance_weight, float load_weight, nn::PrimitiveCache& cache) {
-  if (moe_.router == RouterKind::soft) return soft_backward(dh, dy, h, p, g, cache);
+  if (!moe_.router->routes_tokens()) return soft_backward(dh, dy, h, p, g, cache);
   const int64_t N = shape_.tokens, D = shape_.hidden, E = moe_.num_experts;
   const auto& entries = plan_.entries;
   const int64_t count = static_cast<int64_t>(entries.size());
@@ -242,8 +221,8 @@ void MoeTrainLayer::backward(float* dh, const float* dy, const float* h, const B
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       double dscale = 0;
-      for (int64_t j = token_begin_[n]; j < token_begin_[n + 1]; ++j)
-        dscale += double{entries[by_token_[j]].gate} * entry_dot_[by_token_[j]];
+      for (int64_t j = plan_.token_begin[n]; j < plan_.token_begin[n + 1]; ++j)
+        dscale += double{entries[plan_.by_token[j]].gate} * entry_dot_[plan_.by_token[j]];
       dscale += scorer_penalty_ / static_cast<double>(N);  // penalty: weight * mean scale
       const float scale = learned_output_scale(scores_[n]);
       dscores_[n] = static_cast<float>(dscale * scale * (1.0f - 0.5f * scale));
@@ -255,13 +234,13 @@ void MoeTrainLayer::backward(float* dh, const float* dy, const float* h, const B
   for (int64_t n = 0; n < N; ++n) {
     float* dhn = dh + n * D;
     std::fill(dhn, dhn + D, 0.0f);
-    for (int64_t j = token_begin_[n]; j < token_begin_[n + 1]; ++j) {
-      const float* din = d_expert_in_.data() + entries[by_token_[j]].row * D;
+    for (int64_t j = plan_.token_begin[n]; j < plan_.token_begin[n + 1]; ++j) {
+      const float* din = d_expert_in_.data() + entries[plan_.by_token[j]].row * D;
       for (int64_t d = 0; d < D; ++d) dhn[d] += din[d];
     }
   }
   const double sigma = moe_.noise_std / E;
-  const bool top_k = moe_.router == RouterKind::top_k;
+  const bool top_k = moe_.router->top_k_options();  // router noise and the importance/load losses
   const double G = static_cast<double>(groups_.size());
   if (top_k && importance_weight != 0) {
     for (const Group& grp : groups_) {

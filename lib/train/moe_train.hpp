@@ -62,7 +62,6 @@ class MoeTrainLayer {
   Tensor expert_u_, expert_a_, d_expert_a_, d_expert_u_;
   Tensor ones_;  // (max(N, max_rows)) for bias gradients
   nn::SoftmaxBackward router_softmax_backward_;
-  std::vector<int64_t> by_token_, token_begin_;  // entries bucketed by token (CSR)
   // Soft-MoE
   Tensor inv_norm_, xn_, dxn_;  // (N), (N, D), (N, D)
   Tensor mun_, mu_inv_;  // (D, E*P) scale * mu / |mu|, (E*P) 1/|mu|

@@ -41,6 +41,9 @@ class TrainGraph {
   // The routing decisions of the last forward, flattened (token, expert, row per entry,
   // per MoE layer): tests use it to tell a routing flip from a wrong gradient.
   std::vector<int64_t> routing_signature() const;
+  // Logits (B, classes) of the last forward: equal to the engine's for the same weights
+  // without router noise (tests/unit/test_train_grad.cpp).
+  const Tensor& logits() const { return logits_; }
   // Forward only, returning the same loss as step() (cross-entropy + weighted aux).
   double loss(const VitParams& params, const float* images, const int* labels, std::mt19937_64* noise,
               const LossOptions& options);

@@ -8,14 +8,15 @@
 
 #include "core/error.hpp"
 #include "viz/layer_view.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe::viz {
 
 Picture capacity_strip(const RouteResult& r, size_t layer) {
   const MoeLayerTrace& main = r.main.trace.layers.at(layer);
-  if (main.router == RouterKind::soft) fail("capacity strip: layer {} is a Soft-MoE layer (nothing is dropped)", main.layer);
+  if (!main.router->draws(RouteView::capacity_strip)) fail("capacity strip: layer {} is a Soft-MoE layer (nothing is dropped)", main.layer);
   if (r.strip.empty() || r.strip_factors.empty()) fail("capacity strip: the route result has no strip runs");
-  const bool top_k = main.router == RouterKind::top_k;
+  const bool top_k = main.k > 0;  // per-token choices
   const int scale = min_patch_scale(r.config);
   const int cell_w = r.config.grid_w() * r.config.patch_w * scale, cell_h = r.config.grid_h() * r.config.patch_h * scale;
   const size_t rows = r.strip_rows_bpr.size(), cols = r.strip_factors.size();

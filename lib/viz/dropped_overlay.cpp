@@ -4,12 +4,13 @@
 
 #include "core/error.hpp"
 #include "viz/layer_view.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe::viz {
 
 Picture dropped_overlay(const RouteResult& r, size_t layer) {
   const MoeLayerTrace& t = r.main.trace.layers.at(layer);
-  if (t.router != RouterKind::top_k) fail("dropped-patch overlay: layer {} is not a top-k layer", t.layer);
+  if (!t.router->draws(RouteView::dropped_overlay)) fail("dropped-patch overlay: layer {} is not a top-k layer", t.layer);
   const int scale = main_scale(r.config);
   cv::Mat panel = drop_panel(r, t, scale);
   const LayerCounts n = count_layer(t);

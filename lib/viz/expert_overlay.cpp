@@ -8,6 +8,7 @@
 
 #include "core/error.hpp"
 #include "viz/layer_view.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe::viz {
 namespace {
@@ -22,7 +23,7 @@ std::vector<TokenExpert> token_experts(const MoeLayerTrace& t) {
   const int N = static_cast<int>(t.num_tokens()), E = t.num_experts;
   std::vector<TokenExpert> out(N);
   for (int n = 0; n < N; ++n) {
-    if (t.router == RouterKind::top_k) {
+    if (t.k > 0) {  // per-token choices
       out[n].expert = t.choice_expert[static_cast<size_t>(n) * t.k];
       out[n].gate = t.choice_gate[static_cast<size_t>(n) * t.k];
       if (t.k > 1) out[n].second = t.choice_expert[static_cast<size_t>(n) * t.k + 1];
@@ -64,8 +65,8 @@ void draw_cell(cv::Mat& img, const cv::Rect& cell, const TokenExpert& te, double
 
 Picture expert_overlay(const RouteResult& r, size_t layer) {
   const MoeLayerTrace& t = r.main.trace.layers.at(layer);
-  if (t.router == RouterKind::soft) fail("expert overlay: layer {} is a Soft-MoE layer", t.layer);
-  if (t.router == RouterKind::experts_choice && t.gates.empty())
+  if (!t.router->draws(RouteView::expert_overlay)) fail("expert overlay: layer {} is a Soft-MoE layer", t.layer);
+  if (t.k == 0 && t.gates.empty())
     fail("expert overlay: layer {} trace has no gates", t.layer);
   const int scale = main_scale(r.config);
   const TokenGrid g = token_grid(r);
@@ -84,7 +85,7 @@ Picture expert_overlay(const RouteResult& r, size_t layer) {
   std::vector<int> first(E, 0), load(E, 0);
   for (int n = 0; n < N; ++n)
     if (te[n].expert >= 0) ++first[te[n].expert];
-  if (t.router == RouterKind::top_k) {
+  if (t.k > 0) {
     for (size_t i = 0; i < t.choice_kept.size(); ++i)
       if (t.choice_kept[i]) ++load[t.choice_expert[i]];
   } else {
@@ -92,7 +93,7 @@ Picture expert_overlay(const RouteResult& r, size_t layer) {
       if (t.expert_took[i]) ++load[i % E];
   }
   Legend legend;
-  const bool top_k = t.router == RouterKind::top_k;
+  const bool top_k = t.k > 0;
   legend.heading(top_k ? "expert: 1st choices / kept" : "expert: top taker / took");
   constexpr int kMaxRows = 24;
   int shown = 0, hidden = 0;

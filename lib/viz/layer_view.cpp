@@ -1,4 +1,5 @@
 #include "viz/layer_view.hpp"
+#include "moe/router.hpp"
 
 #include <cctype>
 #include <filesystem>
@@ -22,18 +23,11 @@ std::string image_stem(const RouteResult& r) {
   return s.empty() ? "image" : s;
 }
 
-std::string routing_name(const MoeLayerTrace& t) {
-  switch (t.router) {
-    case RouterKind::top_k: return t.batch_priority ? "bpr by " + std::string(to_string(t.priority)) : "vanilla";
-    case RouterKind::experts_choice: return "experts choose";
-    case RouterKind::soft: return "soft (no drops)";
-  }
-  return "";
-}
+std::string routing_name(const MoeLayerTrace& t) { return t.router->routing_phrase(t); }
 
 std::string capacity_text(const MoeLayerTrace& t) {
   const LayerCounts n = count_layer(t);
-  if (t.router == RouterKind::soft)
+  if (!t.router->drops())
     return fmt::format("{} experts x {} slots, capacity factor n/a", t.num_experts, t.slots_per_expert);
   return fmt::format("capacity factor {} (effective {:.3g}, c = {} per expert)", short_number(t.capacity_factor),
                      n.effective_factor, n.capacity);
@@ -41,10 +35,7 @@ std::string capacity_text(const MoeLayerTrace& t) {
 
 std::vector<std::string> layer_title(const RouteResult& r, const MoeLayerTrace& t, const std::string& what,
                                      const std::vector<std::string>& extra) {
-  std::string router = to_string(t.router);
-  if (t.router == RouterKind::top_k) router = fmt::format("top-{} of {}", t.k, t.num_experts);
-  else if (t.router == RouterKind::experts_choice) router = fmt::format("experts-choice, {} experts", t.num_experts);
-  else router = fmt::format("soft-moe, {} x {} slots", t.num_experts, t.slots_per_expert);
+  const std::string router = t.router->layer_phrase(t);
   std::vector<std::string> lines = {
       fmt::format("{}  |  layer {}  |  {}  |  {}", model_name(r), t.layer, router, what),
       fmt::format("{}  |  routing: {}  |  {}", capacity_text(t), routing_name(t), image_name(r))};
@@ -53,9 +44,9 @@ std::vector<std::string> layer_title(const RouteResult& r, const MoeLayerTrace& 
 }
 
 DropState drop_state(const MoeLayerTrace& t, int token) {
-  if (t.router == RouterKind::soft) return DropState::kept;
+  if (!t.router->drops()) return DropState::kept;
   if (t.times_taken.at(token) == 0) return DropState::dropped;
-  if (t.router == RouterKind::top_k && t.times_taken.at(token) < t.k) return DropState::partial;
+  if (t.k > 0 && t.times_taken.at(token) < t.k) return DropState::partial;
   return DropState::kept;
 }
 
@@ -95,7 +86,7 @@ void drop_legend(Legend& legend, const MoeLayerTrace& t, bool with_counts) {
   int counts[3] = {0, 0, 0};
   for (int tok = 0; tok < static_cast<int>(t.num_tokens()); ++tok) ++counts[static_cast<int>(drop_state(t, tok))];
   auto suffix = [&](DropState s) { return with_counts ? fmt::format(": {}", counts[static_cast<int>(s)]) : ""; };
-  const bool top_k = t.router == RouterKind::top_k;
+  const bool top_k = t.k > 0;  // per-token choices
   legend.icon([](cv::Mat& m) { icon_background(m); },
               (top_k ? "kept (every choice)" : "taken by >= 1 expert") + suffix(DropState::kept));
   if (top_k && t.k > 1)

@@ -10,13 +10,14 @@
 
 #include "core/error.hpp"
 #include "viz/layer_view.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe::viz {
 
 Picture priority_heatmap(const RouteResult& r, size_t layer) {
   const MoeLayerTrace& t = r.main.trace.layers.at(layer);
-  if (t.router == RouterKind::soft) fail("priority heatmap: layer {} is a Soft-MoE layer", t.layer);
-  const bool top_k = t.router == RouterKind::top_k;
+  if (!t.router->draws(RouteView::priority_heatmap)) fail("priority heatmap: layer {} is a Soft-MoE layer", t.layer);
+  const bool top_k = t.k > 0;  // per-token choices and BPR scores
   if (!top_k && t.gates.empty()) fail("priority heatmap: layer {} trace has no gates", t.layer);
   const TokenGrid g = token_grid(r);
   const int N = g.tokens(), E = t.num_experts;

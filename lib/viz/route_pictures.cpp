@@ -10,6 +10,7 @@
 
 #include "core/error.hpp"
 #include "io/atomic_file.hpp"
+#include "moe/router.hpp"
 #include "viz/pictures.hpp"
 
 namespace vmoe::viz {
@@ -18,26 +19,20 @@ namespace fs = std::filesystem;
 
 std::vector<Picture> route_pictures(const RouteResult& r) {
   std::vector<Picture> out;
-  for (size_t i = 0; i < r.main.trace.layers.size(); ++i) {
-    switch (r.main.trace.layers[i].router) {
-      case RouterKind::top_k:
-        out.push_back(expert_overlay(r, i));
-        out.push_back(dropped_overlay(r, i));
-        out.push_back(priority_heatmap(r, i));
-        if (!r.strip.empty()) out.push_back(capacity_strip(r, i));
-        break;
-      case RouterKind::experts_choice:
-        out.push_back(expert_overlay(r, i));
-        out.push_back(times_taken_map(r, i));
-        out.push_back(priority_heatmap(r, i));
-        if (!r.strip.empty()) out.push_back(capacity_strip(r, i));
-        break;
-      case RouterKind::soft:
-        out.push_back(soft_dispatch_grid(r, i));
-        out.push_back(soft_combine_map(r, i));
-        break;
+  for (size_t i = 0; i < r.main.trace.layers.size(); ++i)
+    for (RouteView v : r.main.trace.layers[i].router->pictures()) {
+      switch (v) {
+        case RouteView::expert_overlay: out.push_back(expert_overlay(r, i)); break;
+        case RouteView::dropped_overlay: out.push_back(dropped_overlay(r, i)); break;
+        case RouteView::times_taken: out.push_back(times_taken_map(r, i)); break;
+        case RouteView::priority_heatmap: out.push_back(priority_heatmap(r, i)); break;
+        case RouteView::capacity_strip:
+          if (!r.strip.empty()) out.push_back(capacity_strip(r, i));
+          break;
+        case RouteView::soft_dispatch: out.push_back(soft_dispatch_grid(r, i)); break;
+        case RouteView::soft_combine: out.push_back(soft_combine_map(r, i)); break;
+      }
     }
-  }
   return out;
 }
 

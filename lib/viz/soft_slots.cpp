@@ -12,13 +12,14 @@
 
 #include "core/error.hpp"
 #include "viz/layer_view.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe::viz {
 namespace {
 
 const MoeLayerTrace& soft_layer(const RouteResult& r, size_t layer, const char* what) {
   const MoeLayerTrace& t = r.main.trace.layers.at(layer);
-  if (t.router != RouterKind::soft) fail("{}: layer {} is not a Soft-MoE layer", what, t.layer);
+  if (!t.router->draws(RouteView::soft_dispatch)) fail("{}: layer {} is not a Soft-MoE layer", what, t.layer);
   const size_t want = static_cast<size_t>(t.num_tokens()) * t.num_experts * t.slots_per_expert;
   if (t.dispatch.size() != want || t.combine.size() != want) fail("{}: layer {} trace has no Soft-MoE weights", what, t.layer);
   return t;

@@ -6,6 +6,7 @@
 
 #include "core/error.hpp"
 #include "viz/layer_view.hpp"
+#include "moe/router.hpp"
 
 namespace vmoe::viz {
 
@@ -40,7 +41,7 @@ cv::Mat taken_panel(const RouteResult& r, const MoeLayerTrace& t, int scale, int
 
 Picture times_taken_map(const RouteResult& r, size_t layer) {
   const MoeLayerTrace& t = r.main.trace.layers.at(layer);
-  if (t.router != RouterKind::experts_choice) fail("times-taken map: layer {} is not an experts-choice layer", t.layer);
+  if (!t.router->draws(RouteView::times_taken)) fail("times-taken map: layer {} is not an experts-choice layer", t.layer);
   const int scale = main_scale(r.config);
   const int max_count = std::max(1, max_times_taken(t));
   cv::Mat panel = taken_panel(r, t, scale, max_count);

@@ -16,6 +16,7 @@
 #include "model/architectures.hpp"
 #include "model/params.hpp"
 #include "train/optimizer.hpp"
+#include "moe/router.hpp"
 
 using namespace vmoe;
 namespace fs = std::filesystem;
@@ -50,7 +51,7 @@ ModelConfig tiny(int variant) {
     MoeConfig m;
     m.layers = {1};
     m.num_experts = 2, m.k = 1;
-    m.router = variant == 1 ? RouterKind::top_k : variant == 2 ? RouterKind::experts_choice : RouterKind::soft;
+    m.router = variant == 1 ? &vmoe::find_router("top_k") : variant == 2 ? &vmoe::find_router("experts_choice") : &vmoe::find_router("soft");
     c.moe = m;
   }
   if (variant == 3) c.classifier = Classifier::gap, c.representation_size = 4;

@@ -5,6 +5,8 @@
 #include <optional>
 #include <stdexcept>
 
+#include "moe/router.hpp"
+
 namespace naive {
 
 namespace {
@@ -260,8 +262,8 @@ void moe_layer(float* y, const float* h, int64_t N, int group_tokens, int D, int
   const int k = moe.k;
   for (int64_t i = 0; i < N * D; ++i) y[i] = 0.0f;
   if (routing) {
-    routing->kept.assign(moe.router == vmoe::RouterKind::top_k ? N * k : 0, 0);
-    routing->expert.assign(moe.router == vmoe::RouterKind::top_k ? N * k : 0, -1);
+    routing->kept.assign(moe.router == &vmoe::find_router("top_k") ? N * k : 0, 0);
+    routing->expert.assign(moe.router == &vmoe::find_router("top_k") ? N * k : 0, -1);
     routing->times_taken.assign(N, 0);
     routing->group_capacity.clear();
   }
@@ -274,7 +276,7 @@ void moe_layer(float* y, const float* h, int64_t N, int group_tokens, int D, int
     const int S = static_cast<int>(std::min<int64_t>(group_tokens, N - first));
     const float* hg = h + first * D;
     float* yg = y + first * D;
-    if (moe.router == vmoe::RouterKind::soft) {
+    if (moe.router == &vmoe::find_router("soft")) {
       const int P = moe.slots_per_expert, slots = E * P;
       std::vector<float> logits(static_cast<size_t>(S) * slots), dispatch(logits.size()), combine(logits.size());
       soft_logits(logits.data(), hg, p.mu, p.scale, S, D, slots);
@@ -306,7 +308,7 @@ void moe_layer(float* y, const float* h, int64_t N, int group_tokens, int D, int
     matmul(logits.data(), hg, p.router, nullptr, spec);
     softmax_rows(gates.data(), logits.data(), S, E);
     std::vector<double> acc(static_cast<size_t>(S) * D, 0.0);
-    if (moe.router == vmoe::RouterKind::top_k) {
+    if (moe.router == &vmoe::find_router("top_k")) {
       const int c = static_cast<int>(capacity(int64_t{S} * k, E, moe.capacity_factor, moe.capacity_rounding,
                                               moe.capacity_multiple_of));
       TopK r = top_k(gates.data(), S, E, k, c, moe.batch_priority);
@@ -404,7 +406,7 @@ std::vector<float> naive_forward(const vmoe::Model& model, const float* images, 
     const bool is_moe = moe && std::find(moe->layers.begin(), moe->layers.end(), i) != moe->layers.end();
     if (is_moe) {
       MoeParams mp{bp.mlp0_kernel.data(), bp.mlp0_bias.data(), bp.mlp1_kernel.data(), bp.mlp1_bias.data()};
-      if (moe->router == vmoe::RouterKind::soft) {
+      if (moe->router == &vmoe::find_router("soft")) {
         mp.mu = bp.router_mu.data();
         mp.scale = bp.router_scale[0];
       } else {

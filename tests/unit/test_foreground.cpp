@@ -7,6 +7,7 @@
 #include "io/image.hpp"
 #include "model/foreground.hpp"
 #include "moe/routers.hpp"
+#include "moe/router.hpp"
 
 using namespace vmoe;
 
@@ -33,7 +34,7 @@ std::vector<float> model_input(const std::vector<unsigned char>& bytes, const Mo
 // A top-k trace of one image of S tokens (no CLS) from a routing of its one group.
 MoeLayerTrace top_k_trace(const TopKRouting& r, int S) {
   MoeLayerTrace t;
-  t.router = RouterKind::top_k;
+  t.router = &vmoe::find_router("top_k");
   t.k = r.k;
   t.tokens_per_image = S;
   t.times_taken.assign(S, 0);
@@ -114,7 +115,7 @@ TEST_CASE("foreground kept: CLS excluded, two images, every router", "[foregroun
   const std::vector<uint8_t> mask = {1, 1, 1,   // image 0: all foreground
                                      0, 1, 1};  // image 1: patch 0 background
   SECTION("top-k, k = 2") {
-    t.router = RouterKind::top_k;
+    t.router = &vmoe::find_router("top_k");
     t.k = 2;
     const ForegroundKept n = count_foreground_kept(t, mask, 3, 99);  // the threshold is k, not the argument
     CHECK(n.foreground == 5);
@@ -122,21 +123,21 @@ TEST_CASE("foreground kept: CLS excluded, two images, every router", "[foregroun
     CHECK(n.kept_any == 4);
   }
   SECTION("experts-choice: all = taken by at least the given k") {
-    t.router = RouterKind::experts_choice;
+    t.router = &vmoe::find_router("experts_choice");
     t.k = 0;
     CHECK(count_foreground_kept(t, mask, 3, 2).kept_all == 3);
     CHECK(count_foreground_kept(t, mask, 3, 1).kept_all == 4);
     CHECK(count_foreground_kept(t, mask, 3, 2).kept_any == 4);
   }
   SECTION("Soft-MoE drops nothing") {
-    t.router = RouterKind::soft;
+    t.router = &vmoe::find_router("soft");
     const ForegroundKept n = count_foreground_kept(t, mask, 3, 2);
     CHECK(n.foreground == 5);
     CHECK(n.kept_all == 5);
     CHECK(n.kept_any == 5);
   }
   SECTION("a mask of the wrong size is an error") {
-    t.router = RouterKind::top_k;
+    t.router = &vmoe::find_router("top_k");
     t.k = 2;
     CHECK_THROWS_AS(count_foreground_kept(t, {1, 1, 1}, 3, 2), Error);
     CHECK_THROWS_AS(count_foreground_kept(t, mask, 2, 2), Error);

@@ -21,6 +21,7 @@
 #include "model/architectures.hpp"
 #include "model/params.hpp"
 #include "naive/test_util.hpp"
+#include "moe/router.hpp"
 
 using namespace vmoe;
 using json = nlohmann::json;
@@ -399,7 +400,7 @@ TEST_CASE("config JSON: missing optional keys take the DESIGN §3 defaults", "[i
   CHECK_FALSE(c.representation_size);
   CHECK(c.layer_norm_eps == 1e-6);
   REQUIRE(c.moe);
-  CHECK(c.moe->router == RouterKind::top_k);
+  CHECK(c.moe->router == &vmoe::find_router("top_k"));
   CHECK(c.moe->num_experts == 8);
   CHECK(c.moe->k == 2);
   CHECK(c.moe->capacity_factor == 1.05);

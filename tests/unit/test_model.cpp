@@ -17,6 +17,7 @@
 #include "naive/naive_ops.hpp"
 #include "naive/test_util.hpp"
 #include "nn/context.hpp"
+#include "moe/router.hpp"
 
 using namespace vmoe;
 
@@ -133,12 +134,12 @@ void check_against_naive(const Model& model, int B, const RoutingOverrides& o, u
     const naive::LayerRouting& r = info.layers[l];
     INFO("MoE block " << t.layer);
     CHECK(t.times_taken == r.times_taken);
-    if (t.router == RouterKind::top_k) {
+    if (t.router == &vmoe::find_router("top_k")) {
       std::vector<uint8_t> kept(t.choice_kept.begin(), t.choice_kept.end());
       CHECK(kept == r.kept);
       CHECK(t.choice_expert == r.expert);
     }
-    if (t.router != RouterKind::soft) CHECK(t.group_capacity == r.group_capacity);
+    if (t.router != &vmoe::find_router("soft")) CHECK(t.group_capacity == r.group_capacity);
     for (int b = 0; b < B; ++b) dropped += t.dropped_fraction(b);
   }
   if (dropped_out) *dropped_out = dropped;
@@ -315,7 +316,7 @@ TEST_CASE("ImageNet-sized architectures have the official shapes", "[model][arch
     CHECK(c.representation_size == 512);
     CHECK(c.num_classes == 1000);
     REQUIRE(c.moe);
-    CHECK(c.moe->router == RouterKind::top_k);
+    CHECK(c.moe->router == &vmoe::find_router("top_k"));
     CHECK(c.moe->num_experts == 8);
     CHECK(c.moe->k == 2);
     CHECK(c.moe->layers == std::vector<int>{5, 7});
@@ -357,7 +358,7 @@ TEST_CASE("ImageNet-sized architectures have the official shapes", "[model][arch
     CHECK(c.mlp_dim == 1536);
     CHECK(c.classifier == Classifier::gap);
     REQUIRE(c.moe);
-    CHECK(c.moe->router == RouterKind::soft);
+    CHECK(c.moe->router == &vmoe::find_router("soft"));
     CHECK(c.moe->num_experts == 128);
     CHECK(c.moe->slots_per_expert == 1);
     CHECK(c.moe->layers == std::vector<int>{6, 7, 8, 9, 10, 11});

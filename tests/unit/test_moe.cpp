@@ -15,6 +15,7 @@
 #include "moe/routers.hpp"
 #include "naive/naive_ops.hpp"
 #include "naive/test_util.hpp"
+#include "moe/router.hpp"
 
 using namespace vmoe;
 
@@ -239,23 +240,23 @@ TEST_CASE("soft_normalised_mu is scale * mu / ||mu|| per slot", "[moe][soft]") {
 // k <= 64, so 1e-4 relative is generous for matching arithmetic and far below what a
 // single mis-routed token would change (O(0.1) on that token).
 TEST_CASE("moe_forward matches the naive MoE layer for each router", "[moe][layer]") {
-  const RouterKind router = GENERATE(RouterKind::top_k, RouterKind::experts_choice, RouterKind::soft);
+  const Router* router = GENERATE(&vmoe::find_router("top_k"), &vmoe::find_router("experts_choice"), &vmoe::find_router("soft"));
   const auto [B, T] = GENERATE(std::pair{1, 17}, std::pair{3, 5});
   const int group_images = GENERATE(1, 2);
   const double factor = GENERATE(0.25, 1.05);
   const bool bpr = GENERATE(false, true);
-  if (router != RouterKind::top_k && !bpr) return;  // routing order only matters for top-k
-  if (router == RouterKind::soft && factor != 1.05) return;  // no capacity in Soft-MoE
+  if (router != &vmoe::find_router("top_k") && !bpr) return;  // routing order only matters for top-k
+  if (router == &vmoe::find_router("soft") && factor != 1.05) return;  // no capacity in Soft-MoE
   const int D = 16, M = 24;
   MoeConfig moe;
   moe.layers = {0};
   moe.router = router;
-  moe.num_experts = router == RouterKind::soft ? 5 : 8;
+  moe.num_experts = router == &vmoe::find_router("soft") ? 5 : 8;
   moe.k = 2;
   moe.capacity_factor = factor;
   moe.batch_priority = bpr;
   moe.group_images = group_images;
-  moe.slots_per_expert = router == RouterKind::soft ? 3 : 1;
+  moe.slots_per_expert = router == &vmoe::find_router("soft") ? 3 : 1;
   const int E = moe.num_experts, P = moe.slots_per_expert;
   const int64_t N = int64_t{B} * T;
   const uint64_t seed = 5000 + B * 100 + T * 10 + group_images;
@@ -282,7 +283,7 @@ TEST_CASE("moe_forward matches the naive MoE layer for each router", "[moe][laye
   MoeLayerTrace trace;
   std::vector<float> got = x;
   moe_forward(got.data(), h.data(), MoeShape{N, T, D, M}, moe, w, ws, cache, &trace, nullptr);
-  INFO("router " << to_string(router) << " B " << B << " T " << T << " group " << group_images << " factor "
+  INFO("router " << router->name() << " B " << B << " T " << T << " group " << group_images << " factor "
                  << factor << " bpr " << bpr);
   int bad = 0;
   for (int64_t i = 0; i < N * D; ++i) {
@@ -291,12 +292,12 @@ TEST_CASE("moe_forward matches the naive MoE layer for each router", "[moe][laye
   }
   CHECK(bad == 0);
   CHECK(trace.times_taken == want.times_taken);
-  if (router == RouterKind::top_k) {
+  if (router == &vmoe::find_router("top_k")) {
     CHECK(trace.choice_expert == want.expert);
     std::vector<uint8_t> kept(trace.choice_kept.begin(), trace.choice_kept.end());
     CHECK(kept == want.kept);
   }
-  if (router != RouterKind::soft) CHECK(trace.group_capacity == want.group_capacity);
+  if (router != &vmoe::find_router("soft")) CHECK(trace.group_capacity == want.group_capacity);
 
   SECTION("a second call with the same workspace gives the same result") {
     std::vector<float> again = x;

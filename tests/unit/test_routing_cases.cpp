@@ -4,6 +4,7 @@
 #include "core/error.hpp"
 #include "moe/capacity.hpp"
 #include "moe/routers.hpp"
+#include "moe/router.hpp"
 
 #include <algorithm>
 #include <set>
@@ -131,7 +132,7 @@ TEST_CASE("overflow next sends a choice to the next expert with room; topk_softm
 
 TEST_CASE("dropless capacity is the group size", "[routing][dropless]") {
   MoeConfig m;
-  m.router = RouterKind::top_k, m.num_experts = 8, m.k = 2, m.dropless = true;
+  m.router = &vmoe::find_router("top_k"), m.num_experts = 8, m.k = 2, m.dropless = true;
   CHECK(group_capacity(m, 400) == 400);
   m.dropless = false, m.capacity_factor = 1.05;
   CHECK(group_capacity(m, 400) == expert_capacity(800, 8, 1.05));

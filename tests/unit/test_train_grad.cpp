@@ -15,6 +15,9 @@
 #include <random>
 
 #include "model/architectures.hpp"
+#include "model/engine.hpp"
+#include "model/route.hpp"
+#include "moe/router.hpp"
 #include "nn/context.hpp"
 #include "train/optimizer.hpp"
 #include "train/vit_train.hpp"
@@ -24,7 +27,7 @@ using namespace vmoe::train;
 
 namespace {
 
-ModelConfig tiny(std::optional<RouterKind> router, Classifier classifier, bool representation, bool bpr = true) {
+ModelConfig tiny(const Router* router, Classifier classifier, bool representation, bool bpr = true) {
   ModelConfig c;
   c.image = {8, 8, 1, Resize::none, 256, -1.0f, 1.0f};
   c.patch_h = c.patch_w = 4;
@@ -34,7 +37,7 @@ ModelConfig tiny(std::optional<RouterKind> router, Classifier classifier, bool r
   if (router) {
     MoeConfig m;
     m.layers = {1};
-    m.router = *router;
+    m.router = router;
     m.num_experts = 4, m.k = 2;
     m.capacity_factor = 0.5;  // with multiple_of 1: capacity 2 for 10 choices over 4 experts: drops
     m.capacity_multiple_of = 1;
@@ -116,19 +119,19 @@ void check_gradients(const ModelConfig& c, uint64_t seed) {
 }  // namespace
 
 TEST_CASE("backward matches finite differences: dense ViT, token and gap, pre-logits", "[train][grad]") {
-  check_gradients(tiny(std::nullopt, Classifier::token, false), 1);
-  check_gradients(tiny(std::nullopt, Classifier::gap, true), 2);
+  check_gradients(tiny(nullptr, Classifier::token, false), 1);
+  check_gradients(tiny(nullptr, Classifier::gap, true), 2);
 }
 
 TEST_CASE("backward matches finite differences: top-k with capacity drops, BPR and vanilla", "[train][grad]") {
-  check_gradients(tiny(RouterKind::top_k, Classifier::token, false, true), 3);
-  check_gradients(tiny(RouterKind::top_k, Classifier::gap, true, false), 4);
+  check_gradients(tiny(&vmoe::find_router("top_k"), Classifier::token, false, true), 3);
+  check_gradients(tiny(&vmoe::find_router("top_k"), Classifier::gap, true, false), 4);
 }
 
 TEST_CASE("backward matches finite differences: top-k variants (learned scorer, topk_softmax, overflow next, dropless)",
           "[train][grad]") {
   auto variant = [](Priority priority, Gating gating, Overflow overflow, bool dropless) {
-    ModelConfig c = tiny(RouterKind::top_k, Classifier::token, false, true);
+    ModelConfig c = tiny(&vmoe::find_router("top_k"), Classifier::token, false, true);
     c.moe->priority = priority, c.moe->gating = gating, c.moe->overflow = overflow, c.moe->dropless = dropless;
     c.validate();
     return c;
@@ -140,16 +143,61 @@ TEST_CASE("backward matches finite differences: top-k variants (learned scorer, 
 }
 
 TEST_CASE("backward matches finite differences: experts-choice", "[train][grad]") {
-  check_gradients(tiny(RouterKind::experts_choice, Classifier::token, false), 5);
+  check_gradients(tiny(&vmoe::find_router("experts_choice"), Classifier::token, false), 5);
 }
 
 TEST_CASE("backward matches finite differences: Soft-MoE", "[train][grad]") {
-  check_gradients(tiny(RouterKind::soft, Classifier::gap, false), 6);
-  check_gradients(tiny(RouterKind::soft, Classifier::token, true), 7);
+  check_gradients(tiny(&vmoe::find_router("soft"), Classifier::gap, false), 6);
+  check_gradients(tiny(&vmoe::find_router("soft"), Classifier::token, true), 7);
+}
+
+// Training and the engine run one forward (Router::plan, the shared dispatch and
+// combine): without router noise and with the same weights, the training graph's logits
+// are the engine's up to the float rounding of their different GEMMs, for every router
+// and every top-k variant. A changed routing decision would move them far more.
+TEST_CASE("the training graph's logits equal the engine's for each router and top-k variant", "[train][model]") {
+  const int variant = GENERATE(range(0, 11));
+  const char* router = variant == 9 ? "experts_choice" : variant == 10 ? "soft" : "top_k";
+  ModelConfig c = tiny(&find_router(router), Classifier::token, false, variant != 1);
+  MoeConfig& m = *c.moe;
+  switch (variant) {
+    case 1: break;  // vanilla (no batch priority)
+    case 2: m.priority = Priority::learned; break;
+    case 3: m.priority = Priority::sum_gates; break;
+    case 4: m.priority = Priority::entropy; break;
+    case 5: m.gating = Gating::topk_softmax; break;
+    case 6: m.overflow = Overflow::next; break;
+    case 7: m.dropless = true; break;
+    case 8: m.group_images = 2; break;  // groups of 10 tokens and a last one of 5
+    default: break;
+  }
+  c.moe->layers = {0, 1};  // a routed block feeding a routed block
+  c.validate();
+  const int B = 3;
+  Problem p = make_problem(c, B, 40 + variant);  // perturbs every weight, the learned scorer's too
+  Engine engine(p.model);
+  std::vector<float> want(static_cast<size_t>(B) * c.num_classes);
+  RoutingTrace trace;
+  engine.forward(want.data(), p.images.data(), B, &trace);
+  TrainGraph graph(c, B);
+  graph.loss(p.model.params, p.images.data(), p.labels.data(), nullptr, LossOptions{});
+  const Tensor& got = graph.logits();
+  REQUIRE(got.numel() == static_cast<int64_t>(want.size()));
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    diff = std::max(diff, std::abs(double{got[static_cast<int64_t>(i)]} - want[i]));
+    scale = std::max(scale, std::abs(double{want[i]}));
+  }
+  int dropped = 0;
+  for (const MoeLayerTrace& t : trace.layers) dropped += count_layer(t).dropped_tokens + count_layer(t).dropped_choices;
+  CAPTURE(variant, router, diff, scale, dropped);
+  CHECK(diff <= 1e-4 * (1.0 + scale));
+  // The capacity variants do drop here, so the comparison covers dropped tokens.
+  if (m.router->drops() && !m.dropless) CHECK(dropped > 0);
 }
 
 TEST_CASE("a tiny V-MoE over-fits one fixed batch", "[train]") {
-  const ModelConfig c = tiny(RouterKind::top_k, Classifier::token, false);
+  const ModelConfig c = tiny(&vmoe::find_router("top_k"), Classifier::token, false);
   const int B = 16;
   Problem p = make_problem(c, B, 11);
   nn::context().created.clear();

@@ -12,6 +12,7 @@
 #include "model/engine.hpp"
 #include "model/upcycle.hpp"
 #include "naive/test_util.hpp"
+#include "moe/router.hpp"
 
 using namespace vmoe;
 
@@ -55,7 +56,7 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 TEST_CASE("upcycled top-k and experts-choice models with a zero router give the dense logits", "[upcycle]") {
   const uint64_t seed = GENERATE(1, 2);
   const int split = GENERATE(1, 2);
-  const auto router = GENERATE(RouterKind::top_k, RouterKind::experts_choice);
+  const auto router = GENERATE(&vmoe::find_router("top_k"), &vmoe::find_router("experts_choice"));
   const Model dense = dense_model(seed);
   const int B = 3;
   const std::vector<float> images = testutil::random_uniform(B * 64, seed + 100, -1.0f, 1.0f);
@@ -67,14 +68,14 @@ TEST_CASE("upcycled top-k and experts-choice models with a zero router give the 
   o.num_experts = 4, o.k = 2, o.mlp_split = split;
   // Nothing dropped: top-k every token picks experts 0..k-1, so c >= S needs cf >= E/k;
   // experts-choice needs c = S, cf >= E.
-  o.capacity_factor = router == RouterKind::top_k ? 2.0 : 4.0;
+  o.capacity_factor = router == &vmoe::find_router("top_k") ? 2.0 : 4.0;
   const Model moe = upcycle_model(dense, o);
-  CAPTURE(seed, split, to_string(router));
+  CAPTURE(seed, split, router->name());
   REQUIRE(moe.config.mlp_dim == 16 / split);
   CHECK(max_abs_diff(logits_of(moe, images, B), want) < 1e-4);
 
   // Below that capacity tokens are dropped and the logits move: the check above can fail.
-  o.capacity_factor = router == RouterKind::top_k ? 0.5 : 1.0;
+  o.capacity_factor = router == &vmoe::find_router("top_k") ? 0.5 : 1.0;
   CHECK(max_abs_diff(logits_of(upcycle_model(dense, o), images, B), want) > 1e-3);
 }
 
@@ -89,13 +90,13 @@ TEST_CASE("upcycle: soft is not exact, noise and router init move the model, bad
   CHECK(max_abs_diff(logits_of(upcycle_model(dense, o), images, 2), want) > 1e-4);
   o.expert_noise = 0, o.router_std = 1.0;  // random gates are no longer 1/E
   CHECK(max_abs_diff(logits_of(upcycle_model(dense, o), images, 2), want) > 1e-4);
-  o.router_std = 0, o.router = RouterKind::soft, o.slots_per_expert = 2;
+  o.router_std = 0, o.router = &vmoe::find_router("soft"), o.slots_per_expert = 2;
   const Model soft = upcycle_model(dense, o);
-  CHECK(soft.config.moe->router == RouterKind::soft);
+  CHECK(soft.config.moe->router == &vmoe::find_router("soft"));
   CHECK(max_abs_diff(logits_of(soft, images, 2), want) > 1e-4);
 
   UpcycleOptions bad = o;
-  bad.router = RouterKind::top_k, bad.mlp_split = 2;  // split needs every block MoE
+  bad.router = &vmoe::find_router("top_k"), bad.mlp_split = 2;  // split needs every block MoE
   CHECK_THROWS_AS(upcycle_model(dense, bad), Error);
   bad.layers = {0, 1, 2}, bad.mlp_split = 3;  // 3 does not divide 16
   CHECK_THROWS_AS(upcycle_model(dense, bad), Error);

@@ -1,0 +1,114 @@
+#pragma once
+// A router decides which expert sees which token of an MoE block (DESIGN §4). Each one
+// lives in its own file (router_top_k.cpp, router_experts_choice.cpp, router_soft.cpp)
+// and is registered by its config name in router_registry.cpp; the rest of the program
+// asks the router (MoeConfig::router, MoeLayerTrace::router) and never which one it is.
+// Adding a router: its file, one line in the registry, its tests (docs/DECISIONS.md).
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "model/config.hpp"
+#include "model/params.hpp"
+
+namespace vmoe {
+
+struct MoeLayerTrace;
+struct MoeWorkspace;
+struct MoeShape;
+struct MoeWeights;
+struct Group;
+struct ModelCost;
+struct StageTimes;
+namespace nn {
+class PrimitiveCache;
+}
+
+// The route pictures (lib/viz) a router's layers can be drawn as.
+enum class RouteView { expert_overlay, dropped_overlay, times_taken, priority_heatmap, capacity_strip, soft_dispatch, soft_combine };
+
+// One tensor of the router in an MoE block: "<block>/Moe/Router/<name>".
+struct RouterParam {
+  std::string name;
+  Shape shape;
+  Tensor BlockParams::*tensor;
+};
+
+class Router {
+ public:
+  virtual ~Router() = default;
+
+  // --- names and labels
+  virtual const char* name() const = 0;  // the config's "moe.router"
+  // "routing" in route/eval/info JSON: "bpr" or "vanilla" where batch priority applies, else the name.
+  virtual std::string routing(bool batch_priority) const { return name(); }
+  // Pictures' and text's words: "bpr by max_gate" / "experts choose" / "soft (no drops)",
+  // "top-2 of 8" / "experts-choice, 8 experts" / "soft-moe, 8 x 5 slots".
+  virtual std::string routing_phrase(const MoeLayerTrace& t) const = 0;
+  virtual std::string layer_phrase(const MoeLayerTrace& t) const = 0;
+  // `vmoe route`'s line for the layer; counts are route.hpp's LayerCounts.
+  virtual std::string summary(const MoeLayerTrace& t, int capacity, double effective_factor, int dropped_tokens,
+                              int tokens, int dropped_choices, int choices) const = 0;
+
+  // --- config
+  // Whether the top-k knobs (k, priority, gating, overflow, dropless, router noise and
+  // the importance/load losses) mean anything for this router.
+  virtual bool top_k_options() const { return false; }
+  // Its tensors in a block with D = hidden size (params.cpp and param_count walk this).
+  virtual std::vector<RouterParam> params(const MoeConfig& m, int64_t D) const = 0;
+  // Initialises the router tensors of an upcycled block (`vmoe upcycle`).
+  virtual void init_upcycled(BlockParams& b, const ModelConfig& c, double router_std, std::mt19937_64& rng) const = 0;
+  // Experts a token meets at the start of upcycling, at equal gates (for the output scale).
+  virtual int upcycle_experts_per_token(const MoeConfig& m) const { return m.num_experts; }
+
+  // --- capacity
+  // False when nothing is ever dropped (no capacity, no drop counts, no capacity strip).
+  virtual bool drops() const { return true; }
+  // Slots per expert for a group of S tokens (0 without capacity); written with
+  // expert_capacity (capacity.hpp), the one rounding rule.
+  virtual int64_t capacity(const MoeConfig& m, int64_t S) const = 0;
+  // Rows the experts receive at most for a group of S tokens.
+  virtual int64_t max_rows(const MoeConfig& m, int64_t S) const = 0;
+
+  // --- traces
+  virtual int trace_k(const MoeConfig& m) const { return 0; }  // per-token choices recorded (N, k)
+  virtual int trace_slots(const MoeConfig& m) const { return 0; }  // Soft-MoE slots per expert
+  // Experts listed per token in route JSON "k" (and "choices").
+  virtual int listed_experts(const MoeLayerTrace& t) const = 0;
+  // Experts a token must get to count as kept with all its choices (foreground metric);
+  // `all_threshold` is the model's k.
+  virtual int all_choices(const MoeLayerTrace& t, int all_threshold) const = 0;
+  // The pictures `vmoe route` draws for the layer (the capacity strip when asked).
+  virtual std::vector<RouteView> pictures() const = 0;
+  bool draws(RouteView v) const;
+
+  // --- cost per image: adds router FLOPs to cost.flops_router and removes inactive
+  // experts from cost.params_active; returns the expert rows per image.
+  virtual double cost(ModelCost& cost, const MoeConfig& m, double T, double D, int64_t S,
+                      int64_t expert_params) const = 0;
+
+  // --- forward (engine)
+  // x (N, D) += MoE(h); the default routes tokens by gates = softmax(h @ router) and
+  // runs plan() (moe_layer.cpp token_choice_forward).
+  virtual void forward(float* x, const float* h, const MoeShape& shape, const MoeConfig& m, const MoeWeights& w,
+                       MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times) const;
+  // Token routers: routes each group on gates (N, E) (`learned` (N) the learned scorer
+  // or null) and fills ws.entries and the expert-major rows (plan_rows).
+  virtual void plan(MoeWorkspace& ws, const float* gates, const float* learned, const std::vector<Group>& groups,
+                    const std::vector<int>& capacity, const MoeConfig& m) const;
+  // The router's part of the trace after plan(): choices or expert_took, group_capacity.
+  virtual void fill_trace(MoeLayerTrace& trace, const MoeWorkspace& ws, const std::vector<Group>& groups,
+                          const MoeConfig& m) const;
+
+  // --- training (train/moe_train.cpp): token routers share plan() and the engine's
+  // dispatch/combine; others (Soft-MoE) have their own forward and backward there.
+  virtual bool routes_tokens() const { return true; }
+};
+
+// The registry (router_registry.cpp): every router by config name.
+const Router& find_router(const std::string& name);  // throws listing the known names
+const std::vector<const Router*>& routers();
+std::string router_names(const char* separator);  // "top_k|experts_choice|soft"
+
+}  // namespace vmoe

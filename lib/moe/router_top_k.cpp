@@ -1,0 +1,233 @@
+// The top-k router (V-MoE, DESIGN §4): each token picks its k experts by gate; experts
+// take them up to their capacity in position order (vanilla) or by a priority score (BPR,
+// docs/ROUTING.md). Variants: priority scorers, gating topk_softmax, overflow next,
+// dropless. The routing decisions (route_top_k) are declared in routers.hpp.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include <fmt/format.h>
+
+#include "core/error.hpp"
+#include "model/cost.hpp"
+#include "model/routing_trace.hpp"
+#include "moe/capacity.hpp"
+#include "moe/moe_layer.hpp"
+#include "moe/router.hpp"
+#include "moe/routers.hpp"
+
+namespace vmoe {
+
+void priority_scores(float* out, const float* probs, const float* learned, int S, int E, int k, Priority priority) {
+  std::vector<float> sorted(E);
+  for (int t = 0; t < S; ++t) {
+    const float* p = probs + static_cast<size_t>(t) * E;
+    switch (priority) {
+      case Priority::max_gate: out[t] = *std::max_element(p, p + E); break;
+      case Priority::sum_gates: {
+        std::copy(p, p + E, sorted.begin());
+        std::partial_sort(sorted.begin(), sorted.begin() + k, sorted.end(), std::greater<>());
+        out[t] = std::accumulate(sorted.begin(), sorted.begin() + k, 0.0f);
+        break;
+      }
+      case Priority::entropy: {
+        double h = 0;
+        for (int e = 0; e < E; ++e)
+          if (p[e] > 0) h -= double{p[e]} * std::log(double{p[e]});
+        out[t] = static_cast<float>(-h);
+        break;
+      }
+      case Priority::random: {
+        // splitmix64 of the position: content-blind, the same for every run and batch size.
+        uint64_t z = static_cast<uint64_t>(t) + 0x9e3779b97f4a7c15ULL;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        out[t] = static_cast<float>((z ^ (z >> 31)) >> 40) / static_cast<float>(1 << 24);
+        break;
+      }
+      case Priority::learned:
+        if (!learned) fail("priority learned: the model has no learned scorer");
+        out[t] = learned[t];
+        break;
+    }
+  }
+}
+
+void route_top_k(TopKRouting& out, const float* probs, const float* learned, int S, int E, const TopKOptions& o) {
+  const int k = o.k;
+  out.k = k;
+  out.capacity = o.capacity;
+  out.choice.assign(static_cast<size_t>(S) * k, -1);
+  out.gate.assign(static_cast<size_t>(S) * k, 0.0f);
+  out.slot.assign(static_cast<size_t>(S) * k, -1);
+  out.expert_load.assign(E, 0);
+  // Experts of each token by probability, descending; stable so ties go to the lower
+  // index. Only the first k are needed unless overflow may walk further.
+  const int ranked = o.overflow == Overflow::next ? E : k;
+  std::vector<int> by_prob(static_cast<size_t>(S) * ranked);
+  std::vector<int> idx(E);
+  std::vector<float> norm(S, 1.0f);  // topk_softmax: 1 / sum of the token's top-k probabilities
+  for (int t = 0; t < S; ++t) {
+    const float* p = probs + static_cast<size_t>(t) * E;
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return p[a] > p[b]; });
+    std::copy(idx.begin(), idx.begin() + ranked, by_prob.begin() + static_cast<size_t>(t) * ranked);
+    double sum = 0;
+    for (int r = 0; r < k; ++r) {
+      out.choice[t * k + r] = idx[r];
+      sum += p[idx[r]];
+    }
+    if (o.gating == Gating::topk_softmax && sum > 0) norm[t] = static_cast<float>(1.0 / sum);
+  }
+  out.expert = out.choice;
+  out.priority.resize(S);
+  priority_scores(out.priority.data(), probs, learned, S, E, k, o.priority);
+  out.order.resize(S);
+  std::iota(out.order.begin(), out.order.end(), 0);
+  if (o.batch_priority)
+    std::stable_sort(out.order.begin(), out.order.end(), [&](int a, int b) { return out.priority[a] > out.priority[b]; });
+  auto holds = [&](int t, int e, int upto) {
+    for (int q = 0; q < upto; ++q)
+      if (out.slot[t * k + q] >= 0 && out.expert[t * k + q] == e) return true;
+    return false;
+  };
+  for (int r = 0; r < k; ++r)
+    for (int t : out.order) {
+      int e = out.choice[t * k + r];
+      bool room = out.expert_load[e] < o.capacity && !holds(t, e, r);
+      if (!room && o.overflow == Overflow::next) {
+        // On from this choice's rank to the first expert with room the token is not in yet.
+        const int* ranks = by_prob.data() + static_cast<size_t>(t) * ranked;
+        for (int q = r + 1; q < E && !room; ++q)
+          if (out.expert_load[ranks[q]] < o.capacity && !holds(t, ranks[q], r)) e = ranks[q], room = true;
+      }
+      out.gate[t * k + r] = probs[static_cast<size_t>(t) * E + e] * norm[t];
+      if (!room) continue;  // dropped: expert and gate stay those of the choice
+      out.expert[t * k + r] = e;
+      out.slot[t * k + r] = out.expert_load[e]++;
+    }
+}
+
+namespace {
+
+class TopKRouter final : public Router {
+ public:
+  const char* name() const override { return "top_k"; }
+  std::string routing(bool batch_priority) const override { return batch_priority ? "bpr" : "vanilla"; }
+  std::string routing_phrase(const MoeLayerTrace& t) const override {
+    return t.batch_priority ? "bpr by " + std::string(to_string(t.priority)) : "vanilla";
+  }
+  std::string layer_phrase(const MoeLayerTrace& t) const override {
+    return fmt::format("top-{} of {}", t.k, t.num_experts);
+  }
+  std::string summary(const MoeLayerTrace& t, int capacity, double effective, int dropped_tokens, int tokens,
+                      int dropped_choices, int choices) const override {
+    return fmt::format("top-{} of {}, {}, capacity {} per expert (factor {}, effective {:.3g}): dropped {}/{} tokens, {}/{} choices",
+                       t.k, t.num_experts, routing_phrase(t), capacity, t.capacity_factor, effective, dropped_tokens,
+                       tokens, dropped_choices, choices);
+  }
+
+  bool top_k_options() const override { return true; }
+  std::vector<RouterParam> params(const MoeConfig& m, int64_t D) const override {
+    return {{"dense/kernel", {D, m.num_experts}, &BlockParams::router_kernel}};
+  }
+  void init_upcycled(BlockParams& b, const ModelConfig&, double router_std, std::mt19937_64& rng) const override {
+    if (router_std <= 0) return;
+    std::normal_distribution<float> normal(0.0f, static_cast<float>(router_std));
+    for (int64_t j = 0; j < b.router_kernel.numel(); ++j) b.router_kernel[j] = normal(rng);
+  }
+  int upcycle_experts_per_token(const MoeConfig& m) const override { return m.k; }
+
+  // c over the group's S*k choices; dropless: S, as a token takes an expert at most once.
+  int64_t capacity(const MoeConfig& m, int64_t S) const override {
+    if (m.dropless) return S;
+    return expert_capacity(S * m.k, m.num_experts, m.capacity_factor, m.capacity_rounding, m.capacity_multiple_of);
+  }
+  int64_t max_rows(const MoeConfig& m, int64_t S) const override {
+    return std::min<int64_t>(S * m.k, int64_t{m.num_experts} * capacity(m, S));
+  }
+
+  int trace_k(const MoeConfig& m) const override { return m.k; }
+  int listed_experts(const MoeLayerTrace& t) const override { return t.k; }
+  int all_choices(const MoeLayerTrace& t, int) const override { return t.k; }
+  std::vector<RouteView> pictures() const override {
+    return {RouteView::expert_overlay, RouteView::dropped_overlay, RouteView::priority_heatmap, RouteView::capacity_strip};
+  }
+
+  double cost(ModelCost& cost, const MoeConfig& m, double T, double D, int64_t S, int64_t expert_params) const override {
+    const double E = m.num_experts;
+    const int64_t cap = capacity(m, S);
+    cost.flops_router += 2 * T * D * E;
+    cost.params_active -= static_cast<int64_t>((E - m.k) * expert_params);
+    return std::min<double>(T * m.k, E * cap / m.group_images);
+  }
+
+  void plan(MoeWorkspace& ws, const float* gates, const float* learned, const std::vector<Group>& groups,
+            const std::vector<int>& capacity, const MoeConfig& m) const override {
+    const int E = m.num_experts, k = m.k;
+    const size_t G = groups.size();
+    ws.top_k.resize(G);
+#pragma omp parallel for schedule(dynamic)
+    for (size_t g = 0; g < G; ++g) {
+      TopKOptions o;
+      o.k = k, o.capacity = capacity[g], o.batch_priority = m.batch_priority;
+      o.priority = m.priority, o.gating = m.gating, o.overflow = m.overflow;
+      route_top_k(ws.top_k[g], gates + groups[g].first * E, learned ? learned + groups[g].first : nullptr,
+                  static_cast<int>(groups[g].size), E, o);
+    }
+    std::vector<int64_t> load(G * E);
+    for (size_t g = 0; g < G; ++g)
+      for (int e = 0; e < E; ++e) load[g * E + e] = ws.top_k[g].expert_load[e];
+    plan_rows(ws, load, G, E);
+    for (size_t g = 0; g < G; ++g) {
+      const TopKRouting& r = ws.top_k[g];
+      for (int64_t t = 0; t < groups[g].size; ++t) {
+        const int64_t n = groups[g].first + t;
+        const float scale = learned ? learned_output_scale(learned[n]) : 1.0f;
+        for (int q = 0; q < k; ++q) {
+          const int slot = r.slot[t * k + q];
+          if (slot < 0) continue;
+          const int e = r.expert[t * k + q];
+          const float gate = r.gate[t * k + q];
+          ws.entries.push_back({n, ws.group_expert_base[g * E + e] + slot, gate * scale, gate, e});
+        }
+      }
+    }
+  }
+
+  void fill_trace(MoeLayerTrace& trace, const MoeWorkspace& ws, const std::vector<Group>& groups,
+                  const MoeConfig& m) const override {
+    const int64_t N = static_cast<int64_t>(trace.times_taken.size());
+    const int k = m.k;
+    trace.choice_expert.resize(N * k);
+    trace.choice_gate.resize(N * k);
+    trace.choice_kept.resize(N * k);
+    trace.priority_rank.resize(N);
+    trace.priority_score.resize(N);
+    for (size_t g = 0; g < groups.size(); ++g) {
+      const TopKRouting& r = ws.top_k[g];
+      const int64_t first = groups[g].first;
+      trace.group_capacity.push_back(r.capacity);
+      for (int64_t t = 0; t < groups[g].size; ++t)
+        for (int q = 0; q < k; ++q) {
+          const int64_t i = (first + t) * k + q;
+          trace.choice_expert[i] = r.expert[t * k + q];
+          trace.choice_gate[i] = r.gate[t * k + q];
+          trace.choice_kept[i] = r.slot[t * k + q] >= 0;
+          trace.times_taken[first + t] += r.slot[t * k + q] >= 0;
+        }
+      std::copy(r.priority.begin(), r.priority.end(), trace.priority_score.begin() + first);
+      for (size_t rank = 0; rank < r.order.size(); ++rank)
+        trace.priority_rank[first + r.order[rank]] = static_cast<int>(rank);
+    }
+  }
+};
+
+}  // namespace
+
+const Router& top_k_router() {
+  static const TopKRouter router;
+  return router;
+}
+
+}  // namespace vmoe
