@@ -10,6 +10,7 @@
 #include "model/routing_trace.hpp"
 #include "moe/capacity.hpp"
 #include "moe/moe_layer.hpp"
+#include "moe/dense_gate_router.hpp"
 #include "moe/router.hpp"
 #include "moe/routers.hpp"
 
@@ -37,7 +38,7 @@ void route_experts_choice(ExpertsChoiceRouting& out, const float* gates, int S, 
 
 namespace {
 
-class ExpertsChoiceRouter final : public Router {
+class ExpertsChoiceRouter final : public DenseGateRouter {
  public:
   const char* name() const override { return "experts_choice"; }
   std::string routing_phrase(const MoeLayerTrace&) const override { return "experts choose"; }
@@ -50,14 +51,6 @@ class ExpertsChoiceRouter final : public Router {
                        t.num_experts, capacity, t.capacity_factor, effective, dropped_tokens, tokens);
   }
 
-  std::vector<RouterParam> params(const MoeConfig& m, int64_t D) const override {
-    return {{"dense/kernel", {D, m.num_experts}, &BlockParams::router_kernel}};
-  }
-  void init_upcycled(BlockParams& b, const ModelConfig&, double router_std, std::mt19937_64& rng) const override {
-    if (router_std <= 0) return;
-    std::normal_distribution<float> normal(0.0f, static_cast<float>(router_std));
-    for (int64_t j = 0; j < b.router_kernel.numel(); ++j) b.router_kernel[j] = normal(rng);
-  }
 
   // c over the group's S tokens, and no expert takes more than all of them.
   int64_t capacity(const MoeConfig& m, int64_t S) const override {

@@ -13,6 +13,7 @@
 #include "model/routing_trace.hpp"
 #include "moe/capacity.hpp"
 #include "moe/moe_layer.hpp"
+#include "moe/dense_gate_router.hpp"
 #include "moe/router.hpp"
 #include "moe/routers.hpp"
 
@@ -110,7 +111,7 @@ void route_top_k(TopKRouting& out, const float* probs, const float* learned, int
 
 namespace {
 
-class TopKRouter final : public Router {
+class TopKRouter final : public DenseGateRouter {
  public:
   const char* name() const override { return "top_k"; }
   std::string routing(bool batch_priority) const override { return batch_priority ? "bpr" : "vanilla"; }
@@ -128,14 +129,6 @@ class TopKRouter final : public Router {
   }
 
   bool top_k_options() const override { return true; }
-  std::vector<RouterParam> params(const MoeConfig& m, int64_t D) const override {
-    return {{"dense/kernel", {D, m.num_experts}, &BlockParams::router_kernel}};
-  }
-  void init_upcycled(BlockParams& b, const ModelConfig&, double router_std, std::mt19937_64& rng) const override {
-    if (router_std <= 0) return;
-    std::normal_distribution<float> normal(0.0f, static_cast<float>(router_std));
-    for (int64_t j = 0; j < b.router_kernel.numel(); ++j) b.router_kernel[j] = normal(rng);
-  }
   int upcycle_experts_per_token(const MoeConfig& m) const override { return m.k; }
 
   // c over the group's S*k choices; dropless: S, as a token takes an expert at most once.
