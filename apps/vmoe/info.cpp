@@ -38,7 +38,12 @@ Run add_info(CLI::App& root) {
     if (routing) {
       const MoeConfig& m = *routing;
       for (int layer : m.layers) {
-        nlohmann::json l{{"layer", layer}, {"router", m.router->name()}, {"num_experts", m.num_experts}};
+        nlohmann::json l{{"layer", layer},
+                         {"router", m.router->name()},
+                         {"num_experts", m.num_experts},
+                         {"num_shared_experts", m.num_shared_experts},
+                         {"expert_mlp_dim", c.expert_mlp_dim()}};
+        if (m.router->selection_bias()) l["balance"] = to_string(m.balance);
         if (m.router->drops()) {
           const int64_t cap = group_capacity(m, S);
           const int k = m.router->trace_k(m);  // per-token choices: capacity is over S * k
@@ -84,7 +89,8 @@ Run add_info(CLI::App& root) {
     fmt::print("image        {}x{}x{}, resize {}, patch {}x{} -> {} tokens ({} classifier)\n", c.image.height,
                c.image.width, c.image.channels, to_string(c.image.resize), c.patch_h, c.patch_w, c.num_tokens(),
                to_string(c.classifier));
-    fmt::print("encoder      {} blocks, D {}, {} heads, MLP {}{}{}\n", c.num_layers, c.hidden_size, c.num_heads, c.mlp_dim,
+    fmt::print("encoder      {} blocks, D {}, {} heads, MLP {}{}{}{}\n", c.num_layers, c.hidden_size, c.num_heads, c.mlp_dim,
+               c.expert_mlp_dim() != c.mlp_dim ? fmt::format(" (experts {})", c.expert_mlp_dim()) : "",
                c.representation_size ? fmt::format(", pre-logits {}", *c.representation_size) : "",
                c.gelu == Gelu::erf ? ", GELU erf (exact)" : "");
     fmt::print("classes      {}\n", c.num_classes);
@@ -109,8 +115,12 @@ Run add_info(CLI::App& root) {
                              l["effective_capacity_factor"].get<double>());
       else
         detail = fmt::format("{} slot(s) per expert", l["slots_per_expert"].get<int>());
-      fmt::print("moe block {:<3} {} router, {} experts{}, {}\n", l["layer"].get<int>(), l["router"].get<std::string>(),
-                 l["num_experts"].get<int>(), l.contains("k") ? fmt::format(", k {}", l["k"].get<int>()) : "", detail);
+      const int shared = l["num_shared_experts"].get<int>();
+      const bool bias = l.value("balance", "") == "bias";
+      fmt::print("moe block {:<3} {} router, {} experts{}{}, {}{}\n", l["layer"].get<int>(), l["router"].get<std::string>(),
+                 l["num_experts"].get<int>(), shared ? fmt::format(" + {} shared", shared) : "",
+                 l.contains("k") ? fmt::format(", k {}", l["k"].get<int>()) : "", detail,
+                 bias ? ", balance bias" : "");
     }
   };
 }

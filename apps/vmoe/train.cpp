@@ -17,6 +17,7 @@
 #include "io/config_json.hpp"
 #include "io/input_file.hpp"
 #include "model/architectures.hpp"
+#include "moe/balance.hpp"
 #include "moe/router.hpp"
 #include "train/trainer.hpp"
 
@@ -43,6 +44,8 @@ struct TrainArgs {
   std::string arch, output, log, resume, router, init_from;
   std::optional<int> experts, k, slots, mlp_dim, hidden, layers, heads, group_images;
   std::optional<double> capacity_factor, noise_std, eval_capacity_factor;
+  std::optional<int> shared_experts, expert_mlp_dim;
+  std::string balance;  // "" = the architecture's (aux unless it says otherwise)
   std::optional<double> soft_scale_init;
   std::string priority, gating, overflow;  // top-k variants; empty: the architecture's / file's
   bool dropless = false;
@@ -96,7 +99,8 @@ ModelConfig build_config(const TrainArgs& a) {
   if (a.heads) c.num_heads = *a.heads;
   if (a.mlp_dim) c.mlp_dim = *a.mlp_dim;
   const bool moe_flags = a.experts || a.k || a.slots || a.capacity_factor || a.noise_std || !a.router.empty() ||
-                         !a.moe_layers.empty() || a.group_images || a.has_routing_variant();
+                         !a.moe_layers.empty() || a.group_images || a.has_routing_variant() || a.shared_experts ||
+                         a.expert_mlp_dim || !a.balance.empty();
   if (moe_flags && !c.moe) {
     if (a.moe_layers.empty()) throw UsageError(fmt::format("--arch {} is dense: give --moe-layers to add MoE blocks", a.arch));
     c.moe = MoeConfig{};
@@ -112,6 +116,9 @@ ModelConfig build_config(const TrainArgs& a) {
     if (a.noise_std) m.noise_std = *a.noise_std;
     if (a.group_images) m.group_images = *a.group_images;
     a.apply_routing_variant(m);
+    if (a.shared_experts) m.num_shared_experts = *a.shared_experts;
+    if (a.expert_mlp_dim) m.expert_mlp_dim = *a.expert_mlp_dim;
+    if (!a.balance.empty()) m.balance = a.balance == "bias" ? Balance::bias : Balance::aux;
   }
   try {
     c.validate();
@@ -142,7 +149,8 @@ std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, c
 Model initial_from_file(const TrainArgs& a) {
   Model model = load_model(a.init_from);
   const bool arch_flags = !a.arch.empty() || a.experts || a.k || a.slots || !a.router.empty() || !a.moe_layers.empty() ||
-                          a.mlp_dim || a.hidden || a.layers || a.heads;
+                          a.mlp_dim || a.hidden || a.layers || a.heads || a.shared_experts || a.expert_mlp_dim ||
+                          !a.balance.empty();
   if (arch_flags) {
     TrainArgs check = a;
     if (check.arch.empty()) throw UsageError("--init-from with architecture flags also needs --arch NAME to compare against");
@@ -222,12 +230,19 @@ Run add_train(CLI::App& root) {
   app->add_option("--weight-decay", s.weight_decay, "AdamW decoupled weight decay")->check(number_in(0, 1e3));
   app->add_option("--clip", s.clip_norm, "gradient clipping global norm (0: off)")->check(number_in(0, 1e12));
   app->add_option("--label-smoothing", s.label_smoothing, "label smoothing")->check(number_in(0.0, 0.99));
-  app->add_option("--importance-weight", s.importance_weight, "importance loss weight")->check(number_in(0, 1e6));
-  app->add_option("--load-weight", s.load_weight, "load loss weight")->check(number_in(0, 1e6));
+  CLI::Option* importance = app->add_option("--importance-weight", s.importance_weight,
+                                            "importance loss weight (default 0.005; 0 with --balance bias)")
+                                 ->check(number_in(0, 1e6));
+  CLI::Option* load = app->add_option("--load-weight", s.load_weight, "load loss weight (default 0.005; 0 with --balance bias)")
+                          ->check(number_in(0, 1e6));
   app->add_option("--priority-penalty", s.priority_penalty,
                   "learned priority scorer: loss weight of its mean output scale, which teaches it to silence (and rank "
                   "last) the tokens whose MoE output does not help")
       ->check(number_in(0, 1e6));
+  CLI::Option* balance_rate =
+      app->add_option("--balance-rate", s.balance_rate,
+                      fmt::format("balance bias update per step (default {:g}; --balance bias models)", kDefaultBalanceRate))
+          ->check(number_in(0, 1));
   app->add_flag("--no-augment", a->no_augment, "no random crop / flip");
   app->add_option("--crop-padding", s.crop_padding, "random crop padding in pixels")->check(CLI::Range(0, 64));
   app->add_option("--seed", s.seed, "seed: same seed, same run");
@@ -258,11 +273,25 @@ Run add_train(CLI::App& root) {
       ->check(positive_at_most(1e6));
   app->add_option("--moe-layers", a->moe_layers, "blocks with MoE MLPs, e.g. 1,3,5")->delimiter(',');
   app->add_option("--mlp-dim", a->mlp_dim, "MLP (expert) hidden size")->check(CLI::Range(1, 1 << 16));
+  app->add_option("--shared-experts", a->shared_experts, "experts every token of an MoE block passes through (DeepSeekMoE)")
+      ->check(CLI::Range(0, 4096));
+  app->add_option("--expert-mlp-dim", a->expert_mlp_dim, "hidden size of the MoE experts (default: --mlp-dim)")
+      ->check(CLI::Range(1, 1 << 16));
+  app->add_option("--balance", a->balance,
+                  "top-k load balancing: aux (importance + load losses) or bias (a per-expert selection bias, no aux loss)")
+      ->check(CLI::IsMember({"aux", "bias"}));
   app->add_option("--hidden", a->hidden, "hidden size D")->check(CLI::Range(1, 1 << 14));
   app->add_option("--layers", a->layers, "encoder blocks")->check(CLI::Range(1, 256));
   app->add_option("--heads", a->heads, "attention heads")->check(CLI::Range(1, 256));
-  return [a] {
+  return [a, importance, load, balance_rate] {
     if (a->threads > 0) omp_set_num_threads(a->threads);
+    // A balance-bias model balances without the auxiliary losses unless they are asked for.
+    auto set_balance_defaults = [&](const ModelConfig& config) {
+      const bool bias = config.moe && config.moe->balance == Balance::bias;
+      if (!bias && balance_rate->count()) throw UsageError("--balance-rate needs a --balance bias model");
+      if (bias && !importance->count()) a->settings.importance_weight = 0;
+      if (bias && !load->count()) a->settings.load_weight = 0;
+    };
     a->settings.augment = !a->no_augment;
     const bool tty = ::isatty(2);
     train::TrainCallbacks callbacks;
@@ -289,7 +318,9 @@ Run add_train(CLI::App& root) {
     check_output_path(a->output, "model");
     check_output_path(a->output + ".train", "training state");
     if (!a->init_from.empty()) {
-      train::train_model(initial_from_file(*a), a->settings, a->output, callbacks);
+      Model initial = initial_from_file(*a);
+      set_balance_defaults(initial.config);
+      train::train_model(initial, a->settings, a->output, callbacks);
     } else if (!a->resume.empty()) {
       if (!a->arch.empty()) {
         const ModelConfig wanted = build_config(*a);
@@ -302,6 +333,7 @@ Run add_train(CLI::App& root) {
     } else {
       if (a->arch.empty()) throw UsageError("train needs --arch NAME (or --resume STATE, or --init-from MODEL)");
       const ModelConfig config = build_config(*a);
+      set_balance_defaults(config);
       const bool soft = config.moe && is_soft_moe(*config.moe);
       if (a->soft_scale_init && !soft) throw UsageError("--soft-scale-init needs Soft-MoE layers");
       const float soft_scale = a->soft_scale_init ? static_cast<float>(*a->soft_scale_init) : default_soft_scale(config);

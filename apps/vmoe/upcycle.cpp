@@ -52,7 +52,7 @@ Run add_upcycle(CLI::App& root) {
     save_model(moe, a->output);
     const UpcycleScale s = upcycle_scale(o);
     fmt::print(stderr, "wrote {}: {} with {} experts ({}) in blocks {}, expert MLP {}, Dense_1 x{:g} (bias x{:g}), {} parameters\n",
-               a->output, a->model, o.num_experts, o.router->name(), fmt::join(o.layers, ","), moe.config.mlp_dim, s.kernel,
+               a->output, a->model, o.num_experts, o.router->name(), fmt::join(o.layers, ","), moe.config.expert_mlp_dim(), s.kernel,
                s.bias, count_params(moe));
   };
 }

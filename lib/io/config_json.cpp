@@ -136,7 +136,8 @@ ModelConfig parse_config_json(const std::string& text) {
     const json& m = j["moe"];
     reject_unknown_keys(m, {"layers", "router", "num_experts", "k", "capacity_factor", "capacity_rounding",
                             "capacity_multiple_of", "batch_priority", "group_images", "noise_std", "slots_per_expert",
-                            "eval_capacity_factor", "priority", "gating", "overflow"},
+                            "eval_capacity_factor", "priority", "gating", "overflow", "num_shared_experts",
+                            "expert_mlp_dim", "balance"},
                         "moe");
     MoeConfig moe;
     moe.layers = get_int_array(m, "layers", "moe", true);
@@ -165,6 +166,10 @@ ModelConfig parse_config_json(const std::string& text) {
     moe.group_images = get_int(m, "group_images", moe.group_images, "moe");
     moe.noise_std = get_or<double>(m, "noise_std", moe.noise_std, "moe");
     moe.slots_per_expert = get_int(m, "slots_per_expert", moe.slots_per_expert, "moe");
+    moe.num_shared_experts = get_int(m, "num_shared_experts", moe.num_shared_experts, "moe");
+    if (m.contains("expert_mlp_dim") && !m["expert_mlp_dim"].is_null())
+      moe.expert_mlp_dim = get_int(m, "expert_mlp_dim", 0, "moe");
+    moe.balance = get_enum(m, "balance", Balance::aux, "moe", {{"aux", Balance::aux}, {"bias", Balance::bias}});
     if (!moe.layers.empty()) c.moe = moe;
   }
   c.validate();
@@ -213,6 +218,10 @@ std::string config_to_json(const ModelConfig& c) {
     if (m.priority != Priority::max_gate) j["moe"]["priority"] = to_string(m.priority);
     if (m.gating != Gating::softmax_topk) j["moe"]["gating"] = to_string(m.gating);
     if (m.overflow != Overflow::drop) j["moe"]["overflow"] = to_string(m.overflow);
+    // Amendment keys only when they differ from "absent", so older models' files stay as they were.
+    if (m.num_shared_experts) j["moe"]["num_shared_experts"] = m.num_shared_experts;
+    if (m.expert_mlp_dim) j["moe"]["expert_mlp_dim"] = *m.expert_mlp_dim;
+    if (m.balance != Balance::aux) j["moe"]["balance"] = to_string(m.balance);
   } else {
     j["moe"] = nullptr;
   }

@@ -131,18 +131,18 @@ Model init_model(const ModelConfig& config, uint64_t seed, float soft_scale) {
     if (ends_with("/scale") && n.find("LayerNorm") != std::string::npos) t.fill(1.0f);
     else if (ends_with("encoder_norm/scale")) t.fill(1.0f);
     else if (ends_with("Router/scale")) t.fill(soft_scale);
-    else if (ends_with("/bias") || n == "cls") t.fill(0.0f);
+    else if (ends_with("/bias") || ends_with("balance_bias") || n == "cls") t.fill(0.0f);
     else if (ends_with("Priority/kernel")) t.fill(0.0f);  // output scale 2 sigmoid(0) = 1: starts as without a scorer
     else if (n == "Encoder/posembed_input/pos_embedding") fill_normal(t, 0.02f);
     else if (ends_with("Router/mu")) fill_normal(t, 1.0f / std::sqrt(static_cast<float>(config.hidden_size)));
     else {
       // kernels: fan_in is the product of the input axes (all but the output axis; for
-      // the (E, in, out) expert kernels, the middle one; for attention (D, H, Dh), D).
+      // the (E, in, out) routed and shared expert kernels, the middle one; for attention (D, H, Dh), D).
       const Shape& s = slot.shape;
       int64_t fan_in = s[0];
       if (n.find("embedding/kernel") != std::string::npos) fan_in = s[0] * s[1] * s[2];
       else if (n.find("SelfAttention/out/kernel") != std::string::npos) fan_in = s[0] * s[1];
-      else if (n.find("Moe/Mlp") != std::string::npos) fan_in = s[1];
+      else if (n.find("Moe/Mlp") != std::string::npos || n.find("Moe/Shared") != std::string::npos) fan_in = s[1];
       fill_normal(t, 1.0f / std::sqrt(static_cast<float>(fan_in)));
     }
   }

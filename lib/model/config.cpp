@@ -19,6 +19,7 @@ const char* to_string(Resize r) {
 }
 
 const char* to_string(Gelu g) { return g == Gelu::erf ? "erf" : "tanh"; }
+const char* to_string(Balance b) { return b == Balance::bias ? "bias" : "aux"; }
 
 namespace {
 constexpr std::pair<Priority, const char*> kPriorities[] = {{Priority::max_gate, "max_gate"},
@@ -71,14 +72,13 @@ int64_t ModelConfig::param_count() const {
   int64_t n = int64_t{patch_h} * patch_w * image.channels * D + D + (classifier == Classifier::token ? D : 0) + T * D;
   for (int b = 0; b < num_layers; ++b) {
     n += 4 * D + 4 * D * D + 4 * D;
-    const int64_t mlp = 2 * D * M + M + D;
     if (is_moe_layer(b)) {
-      const int64_t E = moe->num_experts;
-      n += E * mlp;
-      for (const RouterParam& r : moe->router->params(*moe, D)) n += shape_numel(r.shape);
+      const int64_t E = moe->num_experts, Me = expert_mlp_dim(), expert = 2 * D * Me + Me + D;
+      n += (E + moe->num_shared_experts) * expert;
+      for (const RouterParam& r : moe->router->params(*moe, D)) n += shape_numel(r.shape);  // balance_bias too
       if (moe->priority == Priority::learned) n += D + 1;  // the block's priority scorer
     } else {
-      n += mlp;
+      n += 2 * D * M + M + D;
     }
   }
   n += 2 * D + (R ? D * R + R : 0) + pooled * num_classes + num_classes;
@@ -158,6 +158,15 @@ void ModelConfig::validate() const {
     if (moe->num_experts > 4096) fail("config: moe.num_experts {} is implausibly large", moe->num_experts);
     positive("moe.slots_per_expert", moe->slots_per_expert);
     at_most("moe.slots_per_expert", moe->slots_per_expert, 4096);
+    if (moe->num_shared_experts < 0)
+      fail("config: moe.num_shared_experts must not be negative, got {}", moe->num_shared_experts);
+    at_most("moe.num_shared_experts", moe->num_shared_experts, 4096);
+    if (moe->expert_mlp_dim) {
+      positive("moe.expert_mlp_dim", *moe->expert_mlp_dim);
+      at_most("moe.expert_mlp_dim", *moe->expert_mlp_dim, 1 << 20);
+    }
+    if (moe->balance == Balance::bias && !moe->router->selection_bias())
+      fail("config: moe.balance \"bias\" needs the top_k router, not {}", moe->router->name());
   }
   // The whole model, not only each matrix: 2^30 parameters is 4 GiB of float32 weights
   // (and 16 GiB to train with gradients and AdamW moments).
@@ -181,7 +190,8 @@ void ModelConfig::validate() const {
   } catch (const Error& e) {
     fail("config: moe: {}", e.what());
   }
-  if (1LL * moe->num_experts * hidden_size * mlp_dim >= max_elems) fail("config: MoE expert weights are implausibly large");
+  if (1LL * std::max(moe->num_experts, moe->num_shared_experts) * hidden_size * expert_mlp_dim() >= max_elems)
+    fail("config: MoE expert weights are implausibly large");
   for (int l : moe->layers)
     if (l < 0 || l >= num_layers) fail("config: moe.layers has block {} but the model has {} blocks", l, num_layers);
 }

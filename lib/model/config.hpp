@@ -22,6 +22,10 @@ enum class Gelu { tanh, erf };  // GELU form of every MLP (amendment: top-level 
 enum class Priority { max_gate, sum_gates, entropy, random, learned };
 enum class Gating { softmax_topk, topk_softmax };
 enum class Overflow { drop, next };
+// How top-k experts are kept balanced in training (amendment: moe.balance): the
+// importance and load losses, or a per-expert bias on the selection logits that training
+// nudges toward balance outside the gradient (DeepSeek-V3's auxiliary-loss-free method).
+enum class Balance { aux, bias };
 
 struct ImageConfig {
   int height = 28, width = 28, channels = 1;
@@ -47,6 +51,10 @@ struct MoeConfig {
   Priority priority = Priority::max_gate;  // BPR's score; `learned` adds a scorer to each MoE block
   Gating gating = Gating::softmax_topk;
   Overflow overflow = Overflow::drop;
+  // Amendment keys, each absent from a file means the value below (today's behaviour).
+  int num_shared_experts = 0;  // experts every token of the block passes through, gate 1 (DeepSeekMoE)
+  std::optional<int> expert_mlp_dim;  // hidden size of routed and shared experts; absent: mlp_dim
+  Balance balance = Balance::aux;  // bias: top_k only, adds <block>/Moe/Router/balance_bias (E)
 };
 
 // Limits on sizes (docs/RELIABILITY.md). Every size is computed in 64 bits and checked
@@ -80,6 +88,8 @@ struct ModelConfig {
   int num_tokens() const { return num_patches() + (classifier == Classifier::token ? 1 : 0); }
   int head_dim() const { return hidden_size / num_heads; }
   int pooled_size() const { return representation_size.value_or(hidden_size); }
+  // Hidden size of the MoE blocks' experts (routed and shared); dense blocks use mlp_dim.
+  int expert_mlp_dim() const { return moe && moe->expert_mlp_dim ? *moe->expert_mlp_dim : mlp_dim; }
   bool is_moe_layer(int block) const;
   std::string label(int index) const;  // falls back to "class_<i>"
   int64_t param_count() const;  // every weight the config implies, in 64 bits
@@ -97,6 +107,7 @@ const char* to_string(Overflow o);
 Priority parse_priority(const std::string& name);
 Gating parse_gating(const std::string& name);
 Overflow parse_overflow(const std::string& name);
+const char* to_string(Balance b);
 
 // Routing knobs a user may override per run (DESIGN §3: every routing field).
 struct RoutingOverrides {

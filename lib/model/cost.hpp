@@ -18,7 +18,8 @@ struct ModelCost {
 };
 
 // Expert work assumes every slot is used: top-k processes T*k tokens per MoE layer
-// (capacity permitting: min(T*k, E*c)), experts-choice E*c, Soft-MoE E*P slots.
+// (capacity permitting: min(T*k, E*c)), experts-choice E*c, Soft-MoE E*P slots; shared
+// experts process all T tokens each (counted in flops_experts and in params_active).
 ModelCost model_cost(const ModelConfig& config, const MoeConfig* routing);
 
 }  // namespace vmoe

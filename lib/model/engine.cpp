@@ -139,7 +139,10 @@ void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* tim
                  b.router_kernel.data(), packed_[i].soft_mu.data(), gelu_activation(c)};
     if (c.moe->priority == Priority::learned)  // the file's scorer scales outputs whatever --priority orders by
       w.priority_kernel = b.priority_kernel.data(), w.priority_bias = b.priority_bias.data();
-    MoeShape shape{N, static_cast<int>(T), static_cast<int>(D), static_cast<int>(M)};
+    w.balance_bias = b.balance_bias.data();  // null unless balance "bias"
+    w.shared_w0 = b.shared0_kernel.data(), w.shared_b0 = b.shared0_bias.data();
+    w.shared_w1 = b.shared1_kernel.data(), w.shared_b1 = b.shared1_bias.data();
+    MoeShape shape{N, static_cast<int>(T), static_cast<int>(D), c.expert_mlp_dim()};
     moe_forward(x, h, shape, *routing_, w, moe_ws_, cache_, trace, times);
     return;
   }

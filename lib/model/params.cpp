@@ -45,11 +45,17 @@ std::vector<Slot> collect_slots(Params& p, const ModelConfig& c) {
     s.push_back({pre + "LayerNorm_1/bias", {D}, &b.ln1_bias});
     if (c.is_moe_layer(i)) {
       const MoeConfig& m = *c.moe;
-      const int64_t E = m.num_experts;
-      s.push_back({pre + "Moe/Mlp/Dense_0/kernel", {E, D, M}, &b.mlp0_kernel});
-      s.push_back({pre + "Moe/Mlp/Dense_0/bias", {E, M}, &b.mlp0_bias});
-      s.push_back({pre + "Moe/Mlp/Dense_1/kernel", {E, M, D}, &b.mlp1_kernel});
+      const int64_t E = m.num_experts, Me = c.expert_mlp_dim(), Sh = m.num_shared_experts;
+      s.push_back({pre + "Moe/Mlp/Dense_0/kernel", {E, D, Me}, &b.mlp0_kernel});
+      s.push_back({pre + "Moe/Mlp/Dense_0/bias", {E, Me}, &b.mlp0_bias});
+      s.push_back({pre + "Moe/Mlp/Dense_1/kernel", {E, Me, D}, &b.mlp1_kernel});
       s.push_back({pre + "Moe/Mlp/Dense_1/bias", {E, D}, &b.mlp1_bias});
+      if (Sh > 0) {
+        s.push_back({pre + "Moe/Shared/Dense_0/kernel", {Sh, D, Me}, &b.shared0_kernel});
+        s.push_back({pre + "Moe/Shared/Dense_0/bias", {Sh, Me}, &b.shared0_bias});
+        s.push_back({pre + "Moe/Shared/Dense_1/kernel", {Sh, Me, D}, &b.shared1_kernel});
+        s.push_back({pre + "Moe/Shared/Dense_1/bias", {Sh, D}, &b.shared1_bias});
+      }
       for (const RouterParam& r : m.router->params(m, D)) s.push_back({pre + "Moe/Router/" + r.name, r.shape, &(b.*r.tensor)});
       if (m.priority == Priority::learned) {
         s.push_back({pre + "Moe/Priority/kernel", {D}, &b.priority_kernel});

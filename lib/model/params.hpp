@@ -18,8 +18,12 @@ struct BlockParams {
   Tensor out_kernel;  // (H, Dh, D)
   Tensor out_bias;  // (D)
   Tensor ln1_scale, ln1_bias;  // (D)
-  // Dense block: (D, M), (M), (M, D), (D). MoE block: (E, D, M), (E, M), (E, M, D), (E, D).
+  // Dense block: (D, M), (M), (M, D), (D). MoE block: (E, D, Me), (E, Me), (E, Me, D), (E, D),
+  // Me = expert_mlp_dim (mlp_dim unless the config says otherwise).
   Tensor mlp0_kernel, mlp0_bias, mlp1_kernel, mlp1_bias;
+  // Shared experts (num_shared_experts Sh > 0): every token, gate 1.
+  Tensor shared0_kernel, shared0_bias, shared1_kernel, shared1_bias;  // (Sh, D, Me), (Sh, Me), (Sh, Me, D), (Sh, D)
+  Tensor balance_bias;  // (E)  balance "bias": added to the router logits for the top-k choice only
   Tensor router_kernel;  // (D, E)     top_k and experts_choice
   Tensor router_mu;  // (D, E, P)  soft
   Tensor router_scale;  // ()         soft

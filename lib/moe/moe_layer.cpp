@@ -29,11 +29,16 @@ namespace {
 using nn::Activation;
 using nn::GemmSpec;
 
-// gates (N, E) = softmax(h @ router)
-void router_gates(float* gates, const float* h, const float* router, int64_t N, int D, int E, nn::PrimitiveCache& cache) {
+// gates (N, E) = softmax(h @ router); with a balance bias (E) also
+// select (N, E) = h @ router + bias, the logits top-k chooses by.
+void router_gates(float* gates, float* select, const float* balance_bias, const float* h, const float* router,
+                  int64_t N, int D, int E, nn::PrimitiveCache& cache) {
   GemmSpec s;
   s.m = N, s.k = D, s.n = E;
   cache.gemm(s).run(gates, h, router);
+  if (balance_bias)
+    for (int64_t n = 0; n < N; ++n)
+      for (int e = 0; e < E; ++e) select[n * E + e] = gates[n * E + e] + balance_bias[e];
   cache.softmax(N, E).run(gates, gates);
 }
 
@@ -56,6 +61,20 @@ void dispatch_run_combine(float* x, const float* h, int64_t N, int D, int M, int
   }
   ScopedStage stage(times, &StageTimes::dispatch_combine);
   combine_expert_rows(x, ws.expert_out.data(), ws, N, D);
+}
+
+// x (N, D) += sum over shared experts s of GELU(h @ w0[s] + b0[s]) @ w1[s] + b1[s].
+void run_shared_experts(float* x, const float* h, int64_t N, int D, int M, int shared, const MoeWeights& w,
+                        MoeWorkspace& ws, nn::PrimitiveCache& cache) {
+  GemmSpec up;
+  up.m = N, up.k = D, up.n = M, up.bias = true, up.activation = w.gelu;
+  GemmSpec down;  // accumulates into x
+  down.m = N, down.k = M, down.n = D, down.bias = true, down.beta = 1.0f;
+  float* hidden = ws.expert_hidden.reserve(N * M);
+  for (int s = 0; s < shared; ++s) {
+    cache.gemm(up).run(hidden, h, w.shared_w0 + int64_t{s} * D * M, w.shared_b0 + int64_t{s} * M);
+    cache.gemm(down).run(x, hidden, w.shared_w1 + int64_t{s} * M * D, w.shared_b1 + int64_t{s} * D);
+  }
 }
 
 }  // namespace
@@ -131,14 +150,17 @@ void Router::forward(float* x, const float* h, const MoeShape& sh, const MoeConf
   const int D = sh.hidden, E = moe.num_experts;
   float* gates = ws.gates.reserve(N * E);
   float* scores = nullptr;
+  const bool biased = moe.balance == Balance::bias && moe.router->selection_bias();
+  if (biased && !w.balance_bias) fail("moe_forward: balance \"bias\" without its bias tensor");
+  float* select = biased ? ws.select.reserve(N * E) : nullptr;
   {
     ScopedStage stage(times, &StageTimes::router);
-    router_gates(gates, h, w.router, N, D, E, cache);
+    router_gates(gates, select, biased ? w.balance_bias : nullptr, h, w.router, N, D, E, cache);
     if (w.priority_kernel) {
       scores = ws.scores.reserve(N);
       learned_priority(scores, h, w.priority_kernel, *w.priority_bias, N, D);
     }
-    plan_routing(ws, gates, scores, sh, moe);
+    plan_routing(ws, gates, scores, sh, moe, select);
   }
   dispatch_run_combine(x, h, N, D, sh.mlp, E, w, ws, cache, times);
   if (trace) vmoe::fill_trace(*trace, ws, gates, sh, moe);
@@ -162,6 +184,10 @@ void moe_forward(float* x, const float* h, const MoeShape& shape, const MoeConfi
     trace->group_capacity.clear();
   }
   moe.router->forward(x, h, shape, moe, w, ws, cache, trace, times);
+  if (moe.num_shared_experts > 0) {
+    ScopedStage stage(times, &StageTimes::experts);
+    run_shared_experts(x, h, shape.tokens, shape.hidden, shape.mlp, moe.num_shared_experts, w, ws, cache);
+  }
 }
 
 void learned_priority(float* s, const float* h, const float* kernel, float bias, int64_t N, int D) {
@@ -173,16 +199,17 @@ void learned_priority(float* s, const float* h, const float* kernel, float bias,
   }
 }
 
-void plan_routing(MoeWorkspace& ws, const float* gates, const float* learned, const MoeShape& sh, const MoeConfig& moe) {
+void plan_routing(MoeWorkspace& ws, const float* gates, const float* learned, const MoeShape& sh, const MoeConfig& moe,
+                  const float* select) {
   const auto groups = make_groups(sh.tokens, int64_t{moe.group_images} * sh.tokens_per_image);
   std::vector<int> capacity(groups.size());
   for (size_t g = 0; g < groups.size(); ++g) capacity[g] = static_cast<int>(group_capacity(moe, groups[g].size));
   ws.entries.clear();
-  moe.router->plan(ws, gates, learned, groups, capacity, moe);
+  moe.router->plan(ws, gates, learned, moe.router->selection_bias() ? select : nullptr, groups, capacity, moe);
 }
 
-void Router::plan(MoeWorkspace&, const float*, const float*, const std::vector<Group>&, const std::vector<int>&,
-                  const MoeConfig&) const {
+void Router::plan(MoeWorkspace&, const float*, const float*, const float*, const std::vector<Group>&,
+                  const std::vector<int>&, const MoeConfig&) const {
   fail("plan_routing: the {} router has no token routing", name());
 }
 

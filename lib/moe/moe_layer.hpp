@@ -16,6 +16,7 @@
 
 namespace vmoe {
 
+// M below is the experts' hidden size (config expert_mlp_dim, mlp_dim when absent).
 struct MoeWeights {
   const float* w0;  // (E, D, M)
   const float* b0;  // (E, M)
@@ -26,11 +27,18 @@ struct MoeWeights {
   nn::Activation gelu = nn::Activation::gelu_tanh;  // the experts' GELU (config "gelu")
   const float* priority_kernel = nullptr;  // (D)   learned scorer (priority "learned" models only)
   const float* priority_bias = nullptr;  // ()
+  const float* balance_bias = nullptr;  // (E)  balance "bias" (top_k): selection logits = logits + bias
+  // num_shared_experts Sh > 0: experts every token passes through with weight 1.
+  const float* shared_w0 = nullptr;  // (Sh, D, M)
+  const float* shared_b0 = nullptr;  // (Sh, M)
+  const float* shared_w1 = nullptr;  // (Sh, M, D)
+  const float* shared_b1 = nullptr;  // (Sh, D)
 };
 
 // Buffers reused across calls; they only ever grow.
 struct MoeWorkspace {
   Scratch logits, gates, scores, expert_in, expert_hidden, expert_out, xn, dispatch, combine, slot_in, slot_out;
+  Scratch select;  // (N, E) logits + balance bias, what top-k chooses by (balance "bias" only)
   std::vector<TopKRouting> top_k;  // per group
   std::vector<ExpertsChoiceRouting> experts_choice;  // per group
   std::vector<int64_t> rows_of_expert, first_row, group_expert_base;
@@ -48,7 +56,7 @@ struct MoeWorkspace {
 struct MoeShape {
   int64_t tokens;  // N = B * T
   int tokens_per_image;  // T
-  int hidden, mlp;  // D, M
+  int hidden, mlp;  // D, M (the experts' hidden size)
 };
 
 struct Group {
@@ -86,14 +94,16 @@ void combine_expert_rows(float* x, const float* out, const MoeWorkspace& ws, int
 // Routes every group with the token router moe.router on gates (N, E) and lays out the
 // expert rows expert-major: fills ws.entries, ws.rows_of_expert, ws.first_row (and the
 // router's per-group routings, ws.top_k / ws.experts_choice). `learned` (N) is the
-// learned scorer's output or null.
+// learned scorer's output or null. select (N, E), when given and the router has
+// selection_bias(), replaces the gates for choosing the experts (balance "bias": logits + bias).
 void plan_routing(MoeWorkspace& ws, const float* gates, const float* learned, const MoeShape& shape,
-                  const MoeConfig& moe);
+                  const MoeConfig& moe, const float* select = nullptr);
 // Copies the routing plan of the last plan_routing into a trace.
 void fill_trace(MoeLayerTrace& trace, const MoeWorkspace& ws, const float* gates, const MoeShape& shape,
                 const MoeConfig& moe);
 
-// x (N, D) += MoE(h) with h = LN_1(x). `trace` may be null.
+// x (N, D) += MoE(h) with h = LN_1(x): the routed experts' weighted outputs plus, with
+// shared experts, sum over s of shared_s(h). `trace` may be null.
 void moe_forward(float* x, const float* h, const MoeShape& shape, const MoeConfig& moe, const MoeWeights& w,
                  MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times);
 

@@ -55,6 +55,9 @@ class Router {
   // Whether the top-k knobs (k, priority, gating, overflow, dropless, router noise and
   // the importance/load losses) mean anything for this router.
   virtual bool top_k_options() const { return false; }
+  // Whether moe.balance "bias" applies: the router picks experts by logits + a
+  // per-expert bias (<block>/Moe/Router/balance_bias, in params()), gates stay unbiased.
+  virtual bool selection_bias() const { return false; }
   // Its tensors in a block with D = hidden size (params.cpp and param_count walk this).
   virtual std::vector<RouterParam> params(const MoeConfig& m, int64_t D) const = 0;
   // Initialises the router tensors of an upcycled block (`vmoe upcycle`).
@@ -94,9 +97,11 @@ class Router {
   virtual void forward(float* x, const float* h, const MoeShape& shape, const MoeConfig& m, const MoeWeights& w,
                        MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times) const;
   // Token routers: routes each group on gates (N, E) (`learned` (N) the learned scorer
-  // or null) and fills ws.entries and the expert-major rows (plan_rows).
-  virtual void plan(MoeWorkspace& ws, const float* gates, const float* learned, const std::vector<Group>& groups,
-                    const std::vector<int>& capacity, const MoeConfig& m) const;
+  // or null) and fills ws.entries and the expert-major rows (plan_rows). `select` (N, E)
+  // or null: the scores the experts are chosen by instead of the gates (balance "bias":
+  // logits + bias, noisy logits in training); only routers with selection_bias() get one.
+  virtual void plan(MoeWorkspace& ws, const float* gates, const float* learned, const float* select,
+                    const std::vector<Group>& groups, const std::vector<int>& capacity, const MoeConfig& m) const;
   // The router's part of the trace after plan(): choices or expert_took, group_capacity.
   virtual void fill_trace(MoeLayerTrace& trace, const MoeWorkspace& ws, const std::vector<Group>& groups,
                           const MoeConfig& m) const;

@@ -74,7 +74,7 @@ class ExpertsChoiceRouter final : public DenseGateRouter {
     return rows;
   }
 
-  void plan(MoeWorkspace& ws, const float* gates, const float*, const std::vector<Group>& groups,
+  void plan(MoeWorkspace& ws, const float* gates, const float*, const float*, const std::vector<Group>& groups,
             const std::vector<int>& capacity, const MoeConfig& m) const override {
     const int E = m.num_experts;
     const size_t G = groups.size();

@@ -70,8 +70,9 @@ void route_top_k(TopKRouting& out, const float* probs, const float* learned, int
   std::vector<float> norm(S, 1.0f);  // topk_softmax: 1 / sum of the token's top-k probabilities
   for (int t = 0; t < S; ++t) {
     const float* p = probs + static_cast<size_t>(t) * E;
+    const float* rank = o.select ? o.select + static_cast<size_t>(t) * E : p;  // balance "bias": logits + bias
     std::iota(idx.begin(), idx.end(), 0);
-    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return p[a] > p[b]; });
+    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return rank[a] > rank[b]; });
     std::copy(idx.begin(), idx.begin() + ranked, by_prob.begin() + static_cast<size_t>(t) * ranked);
     double sum = 0;
     for (int r = 0; r < k; ++r) {
@@ -129,6 +130,12 @@ class TopKRouter final : public DenseGateRouter {
   }
 
   bool top_k_options() const override { return true; }
+  bool selection_bias() const override { return true; }
+  std::vector<RouterParam> params(const MoeConfig& m, int64_t D) const override {
+    std::vector<RouterParam> p = DenseGateRouter::params(m, D);
+    if (m.balance == Balance::bias) p.push_back({"balance_bias", {m.num_experts}, &BlockParams::balance_bias});
+    return p;
+  }
   int upcycle_experts_per_token(const MoeConfig& m) const override { return m.k; }
 
   // c over the group's S*k choices; dropless: S, as a token takes an expert at most once.
@@ -155,8 +162,8 @@ class TopKRouter final : public DenseGateRouter {
     return std::min<double>(T * m.k, E * cap / m.group_images);
   }
 
-  void plan(MoeWorkspace& ws, const float* gates, const float* learned, const std::vector<Group>& groups,
-            const std::vector<int>& capacity, const MoeConfig& m) const override {
+  void plan(MoeWorkspace& ws, const float* gates, const float* learned, const float* select,
+            const std::vector<Group>& groups, const std::vector<int>& capacity, const MoeConfig& m) const override {
     const int E = m.num_experts, k = m.k;
     const size_t G = groups.size();
     ws.top_k.resize(G);
@@ -165,6 +172,7 @@ class TopKRouter final : public DenseGateRouter {
       TopKOptions o;
       o.k = k, o.capacity = capacity[g], o.batch_priority = m.batch_priority;
       o.priority = m.priority, o.gating = m.gating, o.overflow = m.overflow;
+      o.select = select ? select + groups[g].first * E : nullptr;
       route_top_k(ws.top_k[g], gates + groups[g].first * E, learned ? learned + groups[g].first : nullptr,
                   static_cast<int>(groups[g].size), E, o);
     }

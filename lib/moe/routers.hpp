@@ -30,6 +30,10 @@ struct TopKOptions {
   Priority priority = Priority::max_gate;
   Gating gating = Gating::softmax_topk;
   Overflow overflow = Overflow::drop;
+  // (S, E) when given: ranks each token's experts instead of the probabilities, for the
+  // top-k choice and overflow "next" (balance "bias": logits + per-expert bias). Gates,
+  // their renormalisation and the priority stay the probabilities'.
+  const float* select = nullptr;
 };
 
 // Per-token BPR score of a group (docs/ROUTING.md), larger first: max_gate = top-1

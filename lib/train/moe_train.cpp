@@ -56,7 +56,7 @@ double normal_pdf(double z) { return std::exp(-0.5 * z * z) / std::sqrt(2.0 * M_
 
 MoeTrainLayer::MoeTrainLayer(const ModelConfig& c, int B)
     : moe_(*c.moe),
-      shape_{int64_t{B} * c.num_tokens(), c.num_tokens(), c.hidden_size, c.mlp_dim},
+      shape_{int64_t{B} * c.num_tokens(), c.num_tokens(), c.hidden_size, c.expert_mlp_dim()},
       groups_(make_groups(shape_.tokens, int64_t{moe_.group_images} * c.num_tokens())),
       router_softmax_backward_(shape_.tokens, c.moe->num_experts) {
   const int64_t N = shape_.tokens, D = shape_.hidden, M = shape_.mlp, E = moe_.num_experts;
@@ -71,6 +71,12 @@ MoeTrainLayer::MoeTrainLayer(const ModelConfig& c, int B)
   d_expert_u_ = Tensor({max_rows_, M});
   ones_ = Tensor({std::max(N, max_rows_)});
   ones_.fill(1.0f);
+  if (const int64_t Sh = moe_.num_shared_experts; Sh > 0) {
+    shared_u_ = Tensor({Sh, N, M});
+    shared_a_ = Tensor({Sh, N, M});
+    d_shared_ = Tensor({N, M});
+  }
+  if (moe_.balance == Balance::bias) select_ = Tensor({N, E});
   if (!moe_.router->routes_tokens()) {
     const int64_t slots = E * moe_.slots_per_expert, G = static_cast<int64_t>(groups_.size());
     inv_norm_ = Tensor({N});
@@ -135,9 +141,53 @@ void MoeTrainLayer::experts_backward(const BlockParams& p, BlockParams& g, nn::P
   }
 }
 
+// u_s = h @ W0[s] + b0[s]; a_s = GELU(u_s); x += a_s @ W1[s] + b1[s], for every token.
+void MoeTrainLayer::shared_forward(float* x, const float* h, const BlockParams& p, nn::PrimitiveCache& cache) {
+  const int64_t N = shape_.tokens, D = shape_.hidden, M = shape_.mlp;
+  GemmSpec down;  // accumulates into x
+  down.m = N, down.k = M, down.n = D, down.bias = true, down.beta = 1.0f;
+  for (int64_t s = 0; s < moe_.num_shared_experts; ++s) {
+    float* u = shared_u_.data() + s * N * M;
+    float* a = shared_a_.data() + s * N * M;
+    linear(u, h, p.shared0_kernel.data() + s * D * M, p.shared0_bias.data() + s * M, N, D, M, cache);
+    nn::gelu_forward(a, u, u, N * M);
+    cache.gemm(down).run(x, a, p.shared1_kernel.data() + s * M * D, p.shared1_bias.data() + s * D);
+  }
+}
+
+// The shared experts' backward: dy reaches each one with weight 1; dh accumulates.
+void MoeTrainLayer::shared_backward(float* dh, const float* dy, const float* h, const BlockParams& p, BlockParams& g,
+                                    nn::PrimitiveCache& cache) {
+  const int64_t N = shape_.tokens, D = shape_.hidden, M = shape_.mlp, ones = ones_.numel();
+  float* d = d_shared_.data();
+  for (int64_t s = 0; s < moe_.num_shared_experts; ++s) {
+    const float* slope = shared_u_.data() + s * N * M;
+    const float* a = shared_a_.data() + s * N * M;
+    input_grad(d, dy, p.shared1_kernel.data() + s * M * D, N, M, D, 0.0f, cache);  // da
+    accumulate_weight_grad(g.shared1_kernel.data() + s * M * D, a, dy, N, M, D, cache);
+    accumulate_bias_grad(g.shared1_bias.data() + s * D, dy, N, D, ones_.data(), ones, cache);
+    nn::gelu_backward(d, d, slope, N * M);  // du
+    accumulate_weight_grad(g.shared0_kernel.data() + s * D * M, h, d, N, D, M, cache);
+    accumulate_bias_grad(g.shared0_bias.data() + s * M, d, N, M, ones_.data(), ones, cache);
+    input_grad(dh, d, p.shared0_kernel.data() + s * D * M, N, D, M, 1.0f, cache);
+  }
+}
+
+std::vector<int64_t> MoeTrainLayer::expert_choices() const {
+  if (!moe_.router->selection_bias()) return {};
+  std::vector<int64_t> choices(moe_.num_experts, 0);
+  for (size_t g = 0; g < groups_.size(); ++g)
+    for (int e : plan_.top_k[g].expert) ++choices[e];
+  return choices;
+}
+
 void MoeTrainLayer::forward(float* x, const float* h, const BlockParams& p, std::mt19937_64* noise,
                             nn::PrimitiveCache& cache) {
-  if (!moe_.router->routes_tokens()) return soft_forward(x, h, p, cache);
+  if (!moe_.router->routes_tokens()) {
+    soft_forward(x, h, p, cache);
+    shared_forward(x, h, p, cache);
+    return;
+  }
   const int64_t N = shape_.tokens, D = shape_.hidden, E = moe_.num_experts;
   linear(clean_logits_.data(), h, p.router_kernel.data(), nullptr, N, D, E, cache);
   std::memcpy(noisy_logits_.data(), clean_logits_.data(), sizeof(float) * N * E);
@@ -149,13 +199,19 @@ void MoeTrainLayer::forward(float* x, const float* h, const BlockParams& p, std:
   cache.softmax(N, E).run(gates_.data(), noisy_logits_.data());
   const bool learned = moe_.priority == Priority::learned;
   if (learned) learned_priority(scores_.data(), h, p.priority_kernel.data(), p.priority_bias[0], N, static_cast<int>(D));
-  plan_routing(plan_, gates_.data(), learned ? scores_.data() : nullptr, shape_, moe_);
+  // Balance "bias": the experts are chosen by logits + bias, the gates stay unbiased.
+  const bool biased = moe_.balance == Balance::bias && moe_.router->selection_bias();
+  if (biased)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t e = 0; e < E; ++e) select_[n * E + e] = noisy_logits_[n * E + e] + p.balance_bias[e];
+  plan_routing(plan_, gates_.data(), learned ? scores_.data() : nullptr, shape_, moe_, biased ? select_.data() : nullptr);
   // The engine's dispatch and combine (moe_layer.hpp); the experts keep their activations.
   gather_expert_rows(expert_in_.data(), h, plan_, static_cast<int>(D));
   experts_forward(p, cache);
   bucket_by_token(plan_, N);
   combine_expert_rows(x, expert_out_.data(), plan_, N, static_cast<int>(D));
   compute_aux_losses();
+  shared_forward(x, h, p, cache);
 }
 
 // importance = cv^2 of per-expert gate sums; load = cv^2 of per-expert mean probability
@@ -190,7 +246,11 @@ void MoeTrainLayer::compute_aux_losses() {
 
 void MoeTrainLayer::backward(float* dh, const float* dy, const float* h, const BlockParams& p, BlockParams& g,
                              float importance_weight, float load_weight, nn::PrimitiveCache& cache) {
-  if (!moe_.router->routes_tokens()) return soft_backward(dh, dy, h, p, g, cache);
+  if (!moe_.router->routes_tokens()) {
+    soft_backward(dh, dy, h, p, g, cache);
+    shared_backward(dh, dy, h, p, g, cache);
+    return;
+  }
   const int64_t N = shape_.tokens, D = shape_.hidden, E = moe_.num_experts;
   const auto& entries = plan_.entries;
   const int64_t count = static_cast<int64_t>(entries.size());
@@ -285,6 +345,7 @@ void MoeTrainLayer::backward(float* dh, const float* dy, const float* h, const B
   }
   accumulate_weight_grad(g.router_kernel.data(), h, dlogits.data(), N, D, E, cache);
   input_grad(dh, dlogits.data(), p.router_kernel.data(), N, D, E, 1.0f, cache);
+  shared_backward(dh, dy, h, p, g, cache);
   if (!learned) return;
   // s[n] = h[n] . kernel + bias
   double dbias = 0;

@@ -1,7 +1,9 @@
 #pragma once
 // One MoE block's MLP in training: forward keeping what the backward needs, the
 // auxiliary losses, and the backward. Semantics are those of inference (DESIGN §4)
-// plus router noise N(0, (noise_std/E)^2) on the top-k logits.
+// plus router noise N(0, (noise_std/E)^2) on the top-k logits. Shared experts and the
+// balance bias's selection work as in inference; the bias itself gets no gradient (it is
+// updated after the step, moe/balance).
 #include <random>
 #include <vector>
 
@@ -36,12 +38,19 @@ class MoeTrainLayer {
   const MoeWorkspace& plan() const { return plan_; }
   // Rows each expert processed in the last forward.
   const std::vector<int64_t>& expert_rows() const { return plan_.rows_of_expert; }
+  // Top-k choices of each expert in the last forward, kept or dropped (empty for other
+  // routers): the load the balance bias is updated with (moe/balance).
+  std::vector<int64_t> expert_choices() const;
 
  private:
   void experts_forward(const BlockParams& p, nn::PrimitiveCache& cache);
   void experts_backward(const BlockParams& p, BlockParams& g, nn::PrimitiveCache& cache);
   void compute_aux_losses();
   void renormalised_gate_backward();
+  // Shared experts: x += sum_s shared_s(h), and its backward into dh (accumulating).
+  void shared_forward(float* x, const float* h, const BlockParams& p, nn::PrimitiveCache& cache);
+  void shared_backward(float* dh, const float* dy, const float* h, const BlockParams& p, BlockParams& g,
+                       nn::PrimitiveCache& cache);
   int64_t used_rows() const;
   void soft_forward(float* x, const float* h, const BlockParams& p, nn::PrimitiveCache& cache);
   void soft_backward(float* dh, const float* dy, const float* h, const BlockParams& p, BlockParams& g,
@@ -57,6 +66,10 @@ class MoeTrainLayer {
   Tensor clean_logits_, noisy_logits_, gates_, dgates_;  // (N, E)
   Tensor scores_, dscores_;  // (N) learned priority scorer output s and dL/ds
   std::vector<float> entry_dot_;  // per routing entry: dy[token] . expert_out[row]
+  Tensor select_;  // (N, E) noisy logits + balance bias (balance "bias" only)
+  // Shared experts, per expert s: pre-GELU then GELU's slope, post-GELU; and a gradient buffer
+  Tensor shared_u_, shared_a_;  // (Sh, N, M)
+  Tensor d_shared_;  // (N, M)
   Tensor expert_in_, expert_out_, d_expert_out_, d_expert_in_;  // (max_rows, D)
   // (max_rows, M): pre-GELU then, after the forward, GELU's slope; post-GELU; their grads
   Tensor expert_u_, expert_a_, d_expert_a_, d_expert_u_;

@@ -40,6 +40,7 @@ json settings_to_json(const TrainSettings& s) {
           {"importance_weight", s.importance_weight},
           {"load_weight", s.load_weight},
           {"priority_penalty", s.priority_penalty},
+          {"balance_rate", s.balance_rate},
           {"augment", s.augment},
           {"crop_padding", s.crop_padding},
           {"flip", s.flip},
@@ -94,6 +95,7 @@ TrainSettings settings_from_json(const json& j) {
   s.importance_weight = real_in(j, "importance_weight", 0, 1e6);
   s.load_weight = real_in(j, "load_weight", 0, 1e6);
   if (j.contains("priority_penalty")) s.priority_penalty = real_in(j, "priority_penalty", 0, 1e6);  // newer states
+  if (j.contains("balance_rate")) s.balance_rate = real_in(j, "balance_rate", 0, 1);  // absent in older states
   s.augment = flag_of(j, "augment");
   s.crop_padding = static_cast<int>(int_in(j, "crop_padding", 0, 64));
   s.flip = flag_of(j, "flip");
@@ -218,6 +220,7 @@ std::vector<EpochReport> run(Model& model, AdamW& optimizer, const TrainSettings
       StepResult r = graph.step(model.params, grads, batch.data(), batch_labels.data(), &noise_rng, loss_options);
       clip_grad_norm(grads, c, settings.clip_norm);
       optimizer.step(model.params, grads, static_cast<float>(lr));
+      update_balance_biases(model.params, c, r, static_cast<float>(settings.balance_rate));
       report.loss += r.loss / steps_per_epoch;
       report.aux_importance += r.aux_importance / steps_per_epoch;
       report.aux_load += r.aux_load / steps_per_epoch;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "model/params.hpp"
+#include "moe/balance.hpp"
 #include "train/optimizer.hpp"
 #include "train/vit_train.hpp"
 
@@ -29,6 +30,7 @@ struct TrainSettings {
   double label_smoothing = 0.1;
   double importance_weight = 0.005, load_weight = 0.005;
   double priority_penalty = 0;  // learned priority scorer: weight of its mean output scale
+  double balance_rate = kDefaultBalanceRate;  // balance "bias" models: the bias update per step (moe/balance)
   bool augment = true;  // random crop with padding, horizontal flip
   int crop_padding = 2;
   bool flip = true;

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.hpp"
+#include "moe/balance.hpp"
 #include "nn/attention.hpp"
 #include "nn/gelu.hpp"
 #include "train/grad_ops.hpp"
@@ -150,6 +151,7 @@ StepResult TrainGraph::forward(const VitParams& params, const float* images, con
       r.aux_load += aux.load;
       r.aux_scorer += aux.scorer;
       r.expert_rows.push_back(acts_[l].moe->expert_rows());
+      r.expert_choices.push_back(acts_[l].moe->expert_choices());
     }
   }
   norm_.forward(hf_.data(), meanf_.data(), varf_.data(), x_final_.data(), params.encoder_norm_scale.data(),
@@ -327,6 +329,16 @@ double TrainGraph::loss(const VitParams& params, const float* images, const int*
   StepResult r = forward(params, images, labels, noise, options);
   return r.loss + options.importance_weight * r.aux_importance + options.load_weight * r.aux_load +
          options.priority_penalty * r.aux_scorer;
+}
+
+void update_balance_biases(VitParams& params, const ModelConfig& c, const StepResult& step, float rate) {
+  if (!c.moe || c.moe->balance != Balance::bias) return;
+  size_t layer = 0;  // StepResult lists the MoE blocks in block order
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (!c.is_moe_layer(l)) continue;
+    if (layer >= step.expert_choices.size()) fail("balance update: the step has no loads for block {}", l);
+    update_balance_bias(params.blocks[l].balance_bias.data(), step.expert_choices[layer++], rate);
+  }
 }
 
 }  // namespace vmoe::train

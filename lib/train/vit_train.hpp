@@ -26,7 +26,12 @@ struct StepResult {
   double aux_scorer = 0;  // learned priority scorers' mean output scale, summed over MoE layers
   int correct = 0;  // arg-max predictions equal to the label
   std::vector<std::vector<int64_t>> expert_rows;  // per MoE layer, rows each expert processed
+  std::vector<std::vector<int64_t>> expert_choices;  // per MoE layer, top-k choices per expert (kept or not)
 };
+
+// Balance "bias": after a step, outside the gradient, moves every MoE block's
+// balance_bias toward equal load by `rate` (moe/balance). No-op for other configs.
+void update_balance_biases(VitParams& params, const ModelConfig& config, const StepResult& step, float rate);
 
 class TrainGraph {
  public:

@@ -257,6 +257,19 @@ run_one 2 "capacity factor 1e-320" classify "$GOOD" -m "$MODEL" --capacity-facto
 grep -qF "too close to zero" "$ERR" || fail "1e-320: the message does not say why"
 run_one 2 "capacity factor 1e300" classify "$GOOD" -m "$MODEL" --capacity-factor 1e300
 run_one 2 "train --arch nope" train --arch nope -o "$WORK/t.safetensors"
+# issue 11 variants: every new option refuses bad values with one line
+run_one 2 "train --shared-experts -1" train --arch vmoe-fmnist --shared-experts -1 -o "$WORK/t.safetensors"
+run_one 2 "train --shared-experts x" train --arch vmoe-fmnist --shared-experts x -o "$WORK/t.safetensors"
+run_one 2 "train --shared-experts on a dense arch" train --arch vit-fmnist --shared-experts 1 -o "$WORK/t.safetensors"
+run_one 2 "train --expert-mlp-dim 0" train --arch vmoe-fmnist --expert-mlp-dim 0 -o "$WORK/t.safetensors"
+run_one 2 "train --expert-mlp-dim 1e9" train --arch vmoe-fmnist --expert-mlp-dim 1e9 -o "$WORK/t.safetensors"
+run_one 2 "train --balance loss" train --arch vmoe-fmnist --balance loss -o "$WORK/t.safetensors"
+run_one 2 "train --balance bias on Soft-MoE" train --arch softmoe-fmnist --balance bias -o "$WORK/t.safetensors"
+grep -qF "top_k" "$ERR" || fail "--balance bias on Soft-MoE: the message does not name the router it needs"
+run_one 2 "train --balance-rate nan" train --arch vmoe-fmnist --balance bias --balance-rate nan -o "$WORK/t.safetensors"
+run_one 2 "train --balance-rate 2" train --arch vmoe-fmnist --balance bias --balance-rate 2 -o "$WORK/t.safetensors"
+run_one 2 "train --balance-rate without --balance bias" train --arch vmoe-fmnist --balance-rate 0.01 -o "$WORK/t.safetensors"
+[ ! -e "$WORK/t.safetensors" ] || fail "a refused variant run wrote a model"
 
 # --- success -------------------------------------------------------------------------------
 run 0 "classify" classify "$GOOD" -m "$MODEL"

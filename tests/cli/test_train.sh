@@ -85,6 +85,35 @@ expect 0 "a Soft-MoE with the default scale" -- "$vmoe" train --data fashion-mni
 expect 0 "a Soft-MoE with --soft-scale-init 1" -- "$vmoe" train --data fashion-mnist:train "${soft[@]}" --soft-scale-init 1 -o soft1.safetensors
 [ "$(soft_scales soft1.safetensors)" = "1.000000" ] || fail "--soft-scale-init 1 gave $(soft_scales soft1.safetensors)"
 
+# --- issue 11: shared experts, narrower experts and the balance bias train and load ------
+# Two steps at rate 0.25: every bias value is a sum of two steps of -0.25, 0 or +0.25, not
+# all zero; the aux losses are off unless asked for; the state keeps the rate.
+variants=(--arch vmoe-fmnist --layers 2 --moe-layers 1 --limit 64 --batch 32 --test-data none --epochs 1)
+expect 0 "shared experts, expert MLP 48, balance bias" -- "$vmoe" train --data fashion-mnist:train "${variants[@]}" \
+  --shared-experts 1 --expert-mlp-dim 48 --balance bias --balance-rate 0.25 -o var.safetensors
+/usr/bin/python3 - var.safetensors var.safetensors.train <<'PY' || fail "the variant model's tensors or state are not as expected"
+import json, struct, sys
+def header(path):
+    with open(path, 'rb') as f:
+        n = struct.unpack('<Q', f.read(8))[0]
+        return json.loads(f.read(n)), f.read()
+h, data = header(sys.argv[1])
+b = 'Encoder/encoderblock_1/Moe/'
+assert h[b + 'Shared/Dense_0/kernel']['shape'] == [1, 96, 48], h[b + 'Shared/Dense_0/kernel']
+assert h[b + 'Mlp/Dense_1/kernel']['shape'] == [8, 48, 96]
+assert h['Encoder/encoderblock_0/Mlp/Dense_0/kernel']['shape'] == [96, 192]  # dense blocks keep mlp_dim
+t = h[b + 'Router/balance_bias']
+begin, end = t['data_offsets']
+bias = struct.unpack('<8f', data[begin:end])
+assert all(v in (-0.5, -0.25, 0.0, 0.25, 0.5) for v in bias) and any(bias), bias
+settings = json.loads(header(sys.argv[2])[0]['__metadata__']['vmoe.train'])['settings']
+assert settings['importance_weight'] == 0 and settings['load_weight'] == 0 and settings['balance_rate'] == 0.25, settings
+PY
+expect 0 "info on the variant model" -- "$vmoe" info var.safetensors
+grep -q "8 experts + 1 shared, k 2.*balance bias" out.txt || fail "info does not show the variant: $(cat out.txt)"
+grep -q "MLP 192 (experts 48)" out.txt || fail "info does not show the expert MLP size: $(cat out.txt)"
+expect 0 "classify with the variant model" -- "$vmoe" classify "$sample" -m var.safetensors --capacity-factor 0.5
+
 # --- bad input: one-line errors, nothing overwritten ------------------------------------
 cp moe.safetensors before.safetensors
 expect 2 "resume file of another architecture" -- "$vmoe" train --resume moe.safetensors.train --arch softmoe-fmnist -o moe.safetensors

@@ -144,7 +144,7 @@ int64_t capacity(int64_t tokens, int E, double factor, vmoe::CapacityRounding ro
   return c;
 }
 
-TopK top_k(const float* gates, int S, int E, int k, int capacity, bool bpr) {
+TopK top_k(const float* gates, int S, int E, int k, int capacity, bool bpr, const float* select) {
   TopK r;
   r.expert.assign(static_cast<size_t>(S) * k, -1);
   r.gate.assign(static_cast<size_t>(S) * k, 0.0f);
@@ -156,9 +156,10 @@ TopK top_k(const float* gates, int S, int E, int k, int capacity, bool bpr) {
     std::vector<bool> used(E, false);
     for (int q = 0; q < k; ++q) {
       int best = -1;
+      const float* rank = select ? select : gates;
       for (int e = 0; e < E; ++e) {
         if (used[e]) continue;
-        if (best == -1 || gates[t * E + e] > gates[t * E + best]) best = e;
+        if (best == -1 || rank[t * E + e] > rank[t * E + best]) best = e;
       }
       used[best] = true;
       r.expert[t * k + q] = best;
@@ -173,8 +174,10 @@ TopK top_k(const float* gates, int S, int E, int k, int capacity, bool bpr) {
       r.order.push_back(t);
       continue;
     }
+    // Priority = the token's largest gate (its first choice's, unless a balance bias chose).
+    auto top = [&](int u) { return *std::max_element(gates + int64_t{u} * E, gates + int64_t{u} * E + E); };
     size_t pos = r.order.size();
-    while (pos > 0 && r.gate[r.order[pos - 1] * k] < r.gate[t * k]) --pos;
+    while (pos > 0 && top(r.order[pos - 1]) < top(t)) --pos;
     r.order.insert(r.order.begin() + static_cast<long>(pos), t);
   }
   for (int q = 0; q < k; ++q)
@@ -302,16 +305,21 @@ void moe_layer(float* y, const float* h, int64_t N, int group_tokens, int D, int
       continue;
     }
     // gates = softmax(h @ router), no bias
-    std::vector<float> logits(static_cast<size_t>(S) * E), gates(logits.size());
+    std::vector<float> logits(static_cast<size_t>(S) * E), gates(logits.size()), select;
     MatmulSpec spec;
     spec.m = S, spec.k = D, spec.n = E;
     matmul(logits.data(), hg, p.router, nullptr, spec);
     softmax_rows(gates.data(), logits.data(), S, E);
+    if (moe.balance == vmoe::Balance::bias) {
+      select = logits;
+      for (int t = 0; t < S; ++t)
+        for (int e = 0; e < E; ++e) select[int64_t{t} * E + e] += p.balance_bias[e];
+    }
     std::vector<double> acc(static_cast<size_t>(S) * D, 0.0);
     if (moe.router == &vmoe::find_router("top_k")) {
       const int c = static_cast<int>(capacity(int64_t{S} * k, E, moe.capacity_factor, moe.capacity_rounding,
                                               moe.capacity_multiple_of));
-      TopK r = top_k(gates.data(), S, E, k, c, moe.batch_priority);
+      TopK r = top_k(gates.data(), S, E, k, c, moe.batch_priority, select.empty() ? nullptr : select.data());
       for (int t = 0; t < S; ++t)
         for (int q = 0; q < k; ++q) {
           if (routing) {
@@ -339,6 +347,13 @@ void moe_layer(float* y, const float* h, int64_t N, int group_tokens, int D, int
     }
     for (size_t i = 0; i < acc.size(); ++i) yg[i] = static_cast<float>(acc[i]);
   }
+  // Shared experts: every token, weight 1, on top of the routed output.
+  for (int s = 0; s < moe.num_shared_experts; ++s)
+    for (int64_t n = 0; n < N; ++n) {
+      expert_mlp(out.data(), h + n * D, p.shared_w0 + int64_t{s} * D * M, p.shared_b0 + int64_t{s} * M,
+                 p.shared_w1 + int64_t{s} * M * D, p.shared_b1 + int64_t{s} * D, D, M);
+      for (int d = 0; d < D; ++d) y[n * D + d] = static_cast<float>(double{y[n * D + d]} + out[d]);
+    }
 }
 
 std::vector<float> naive_forward(const vmoe::Model& model, const float* images, int B,
@@ -406,6 +421,9 @@ std::vector<float> naive_forward(const vmoe::Model& model, const float* images, 
     const bool is_moe = moe && std::find(moe->layers.begin(), moe->layers.end(), i) != moe->layers.end();
     if (is_moe) {
       MoeParams mp{bp.mlp0_kernel.data(), bp.mlp0_bias.data(), bp.mlp1_kernel.data(), bp.mlp1_bias.data()};
+      mp.balance_bias = bp.balance_bias.data();
+      mp.shared_w0 = bp.shared0_kernel.data(), mp.shared_b0 = bp.shared0_bias.data();
+      mp.shared_w1 = bp.shared1_kernel.data(), mp.shared_b1 = bp.shared1_bias.data();
       if (moe->router == &vmoe::find_router("soft")) {
         mp.mu = bp.router_mu.data();
         mp.scale = bp.router_scale[0];
@@ -413,7 +431,7 @@ std::vector<float> naive_forward(const vmoe::Model& model, const float* images, 
         mp.router = bp.router_kernel.data();
       }
       LayerRouting lr;
-      moe_layer(y.data(), h.data(), N, moe->group_images * T, D, M, *moe, mp, &lr);
+      moe_layer(y.data(), h.data(), N, moe->group_images * T, D, c.expert_mlp_dim(), *moe, mp, &lr);
       if (info) info->layers.push_back(std::move(lr));
     } else {
       MatmulSpec up;

@@ -58,8 +58,9 @@ struct TopK {
   std::vector<int> load;  // (E)
 };
 // gates (S, E): top-k per token (ties to the lower expert), vanilla or BPR order, all
-// first choices then all second choices..., each taking the next free slot.
-TopK top_k(const float* gates, int S, int E, int k, int capacity, bool bpr);
+// first choices then all second choices..., each taking the next free slot. select (S, E),
+// when given, ranks the experts instead of the gates (balance "bias"); gates stay gates.
+TopK top_k(const float* gates, int S, int E, int k, int capacity, bool bpr, const float* select = nullptr);
 
 struct ExpertsChoice {
   int capacity = 0;  // min(capacity, S)
@@ -89,12 +90,16 @@ struct LayerRouting {
 
 // y (N, D) = MoE(h): h grouped as DESIGN §4 (group_tokens consecutive tokens, the last
 // group possibly shorter). w0 (E, D, M), b0 (E, M), w1 (E, M, D), b1 (E, D); router (D, E)
-// for top-k / experts-choice; mu (D, E, P) and scale for soft.
+// for top-k / experts-choice; mu (D, E, P) and scale for soft. M is the experts' size.
+// balance_bias (E) with moe.balance "bias": top-k ranks experts by logits + bias.
+// Shared experts (moe.num_shared_experts Sh): shared_w0 (Sh, D, M) ... added for every token.
 struct MoeParams {
   const float *w0, *b0, *w1, *b1;
   const float* router = nullptr;
   const float* mu = nullptr;
   float scale = 1.0f;
+  const float* balance_bias = nullptr;
+  const float *shared_w0 = nullptr, *shared_b0 = nullptr, *shared_w1 = nullptr, *shared_b1 = nullptr;
 };
 void moe_layer(float* y, const float* h, int64_t N, int group_tokens, int D, int M, const vmoe::MoeConfig& moe,
                const MoeParams& p, LayerRouting* routing = nullptr);

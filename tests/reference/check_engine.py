@@ -82,6 +82,16 @@ VARIANTS = [
     ("topk-eval-cf", dict(router="top_k", classifier="gap", moe_layers=(1,), num_experts=8,
                           capacity_factor=None, eval_capacity_factor=0.25),
      25, 3, [{}]),
+    # issue 11: shared experts with a separate expert_mlp_dim (top-k and Soft-MoE), and the
+    # balance bias (choices by logits + bias), also under topk_softmax and overflow next.
+    ("topk-shared-narrow", dict(router="top_k", classifier="token", moe_layers=(0, 2), num_experts=4,
+                                num_shared_experts=2, expert_mlp_dim=24),
+     17, 3, [{}, {"capacity_factor": 0.25}]),
+    ("topk-balance-bias", dict(router="top_k", classifier="gap", moe_layers=(1,), num_experts=8,
+                               balance="bias", gating="topk_softmax"),
+     18, 3, [{}, {"capacity_factor": 0.5, "routing": "vanilla", "overflow": "next"}]),
+    ("soft-shared", dict(router="soft", classifier="gap", moe_layers=(1,), num_experts=4,
+                         num_shared_experts=1, expert_mlp_dim=48), 19, 3, [{}]),
 ]
 
 

@@ -41,7 +41,8 @@ MOE_DEFAULTS = {"layers": [], "router": "top_k", "num_experts": 8, "k": 2,
                 "capacity_multiple_of": 4, "batch_priority": True,
                 "group_images": 1, "noise_std": 1.0, "slots_per_expert": 1,
                 "priority": "max_gate", "gating": "softmax_topk", "overflow": "drop",
-                "eval_capacity_factor": None}
+                "eval_capacity_factor": None,
+                "num_shared_experts": 0, "expert_mlp_dim": None, "balance": "aux"}
 # The top-k routing variants of issue 11 (amendment keys), with their allowed values.
 PRIORITIES = ("max_gate", "sum_gates", "entropy", "random", "learned")
 GATINGS = ("softmax_topk", "topk_softmax")
@@ -53,10 +54,12 @@ def make_config(router="top_k", classifier="token", channels=1, representation_s
                 num_heads=2, mlp_dim=64, moe_layers=(1,), num_experts=8, k=2,
                 capacity_factor=1.05, batch_priority=True, group_images=1,
                 slots_per_expert=1, value_range=(-1, 1), priority="max_gate",
-                gating="softmax_topk", overflow="drop", eval_capacity_factor=None):
+                gating="softmax_topk", overflow="drop", eval_capacity_factor=None,
+                num_shared_experts=0, expert_mlp_dim=None, balance="aux"):
     """A complete vmoe.config dict (only keys listed in §3, plus the amendment's top-k
-    routing keys priority / gating / overflow / eval_capacity_factor when they are not
-    the default; capacity_factor None is written as null = dropless).
+    routing keys priority / gating / overflow / eval_capacity_factor and the MoE keys
+    num_shared_experts / expert_mlp_dim / balance when they are not the default;
+    capacity_factor None is written as null = dropless).
 
     DECISION: a dense model (router "dense" here) is written with "moe.layers": []
     and otherwise default routing fields, so it parses like any other config.
@@ -67,7 +70,10 @@ def make_config(router="top_k", classifier="token", channels=1, representation_s
     for key, value, default in (("priority", priority, "max_gate"),
                                 ("gating", gating, "softmax_topk"),
                                 ("overflow", overflow, "drop"),
-                                ("eval_capacity_factor", eval_capacity_factor, None)):
+                                ("eval_capacity_factor", eval_capacity_factor, None),
+                                ("num_shared_experts", num_shared_experts, 0),
+                                ("expert_mlp_dim", expert_mlp_dim, None),
+                                ("balance", balance, "aux")):
         if value != default:
             routing[key] = value
     return {
@@ -215,6 +221,7 @@ def param_shapes(config):
     _, _, t, has_cls = geometry(cfg)
     moe = cfg["moe"]
     e, p = moe["num_experts"], moe["slots_per_expert"]
+    me, sh = moe["expert_mlp_dim"] or m, moe["num_shared_experts"]  # experts' hidden size, shared count
 
     shapes = {"embedding/kernel": (ph, pw, c, d), "embedding/bias": (d,)}
     if has_cls:
@@ -232,10 +239,15 @@ def param_shapes(config):
         shapes[b + "LayerNorm_1/scale"] = (d,)
         shapes[b + "LayerNorm_1/bias"] = (d,)
         if i in moe["layers"]:
-            shapes[b + "Moe/Mlp/Dense_0/kernel"] = (e, d, m)
-            shapes[b + "Moe/Mlp/Dense_0/bias"] = (e, m)
-            shapes[b + "Moe/Mlp/Dense_1/kernel"] = (e, m, d)
+            shapes[b + "Moe/Mlp/Dense_0/kernel"] = (e, d, me)
+            shapes[b + "Moe/Mlp/Dense_0/bias"] = (e, me)
+            shapes[b + "Moe/Mlp/Dense_1/kernel"] = (e, me, d)
             shapes[b + "Moe/Mlp/Dense_1/bias"] = (e, d)
+            if sh:
+                shapes[b + "Moe/Shared/Dense_0/kernel"] = (sh, d, me)
+                shapes[b + "Moe/Shared/Dense_0/bias"] = (sh, me)
+                shapes[b + "Moe/Shared/Dense_1/kernel"] = (sh, me, d)
+                shapes[b + "Moe/Shared/Dense_1/bias"] = (sh, d)
             if moe["router"] == "soft":
                 shapes[b + "Moe/Router/mu"] = (d, e, p)
                 shapes[b + "Moe/Router/scale"] = ()
@@ -244,6 +256,8 @@ def param_shapes(config):
             if moe["priority"] == "learned":  # the block's learned BPR scorer s = h . kernel + bias
                 shapes[b + "Moe/Priority/kernel"] = (d,)
                 shapes[b + "Moe/Priority/bias"] = ()
+            if moe["balance"] == "bias":
+                shapes[b + "Moe/Router/balance_bias"] = (e,)
         else:
             shapes[b + "Mlp/Dense_0/kernel"] = (d, m)
             shapes[b + "Mlp/Dense_0/bias"] = (m,)
@@ -263,7 +277,7 @@ def param_shapes(config):
 def _fan_in(name, shape):
     if "/SelfAttention/" in name and name.endswith(("query/kernel", "key/kernel", "value/kernel")):
         return shape[0]                       # (D, H, Dh): contracts over D
-    if "/Moe/Mlp/" in name:
+    if "/Moe/Mlp/" in name or "/Moe/Shared/" in name:
         return int(np.prod(shape[1:-1]))      # (E, in, out)
     return int(np.prod(shape[:-1]))           # (..., out)
 
@@ -276,7 +290,8 @@ def random_model(config, seed):
     Soft-MoE mu ~ N(0, 1) (normalised anyway) and scale = 2 sqrt(D), so that the
     cosine logits (~ +-1/sqrt(D) for random vectors) give peaked dispatch weights;
     learned scorer kernel ~ N(0, 1/D), so s is of order 1 and 2 sigmoid(s) spreads over
-    about (0.5, 1.5) instead of saturating.
+    about (0.5, 1.5) instead of saturating; balance bias ~ 1.5 N, of the logits' order,
+    so it changes many top-k choices.
     """
     rng = np.random.default_rng(seed)
     params = {}
@@ -285,6 +300,8 @@ def random_model(config, seed):
             value = np.array(2.0 * math.sqrt(config["hidden_size"]))
         elif name.endswith("Router/mu"):
             value = rng.standard_normal(shape)
+        elif name.endswith("Router/balance_bias"):
+            value = 1.5 * rng.standard_normal(shape)
         elif name.endswith("Router/dense/kernel"):
             value = rng.standard_normal(shape) * 3.0 / math.sqrt(shape[0])
         elif name.endswith("Priority/kernel"):
@@ -499,7 +516,7 @@ def processing_order(scores, batch_priority):
     return np.arange(len(scores))
 
 
-# ranking[t] = all experts by gates[t], descending, ties -> lower index; the top-k are the
+# ranking[t] = all experts by gates[t] (balance "bias": by select[t] = logits + bias), descending, ties -> lower index; the top-k are the
 # token's choices. order = processing_order(scores); scores default to the top-1 gate.
 # for j in 0..k-1: for t in order: the j-th choice of t goes to
 #   overflow "drop": its own expert ranking[t, j] if fill < c, else nowhere;
@@ -507,7 +524,7 @@ def processing_order(scores, batch_priority):
 #     (every expert ranked above ranking[t, j] is already full or already holds t,
 #     so this is the choice's own expert when it has room, else the next one with room).
 def top_k_assign(gates, k, capacity, batch_priority, scores=None, overflow="drop",
-                 exact_scores=False):
+                 exact_scores=False, select=None):
     """Returns (experts (S,k) int, kept (S,k) bool, margin).
 
     experts[t, j] = the expert that took the choice (with overflow "next" possibly not
@@ -515,20 +532,27 @@ def top_k_assign(gates, k, capacity, batch_priority, scores=None, overflow="drop
     margin = smallest gap that decided anything (near-tie detector): gates between the
     ranks used, log gates (= logit gaps) over the whole ranking with overflow "next",
     and the scores in BPR order unless exact_scores (scores the engine computes
-    bit-identically, e.g. the random scorer).
+    bit-identically, e.g. the random scorer). select (S, E), balance "bias": logits + bias,
+    ranks the experts instead of the gates (its gaps are then the margin); gates and
+    scores are unchanged.
     """
     s, e = gates.shape
     if not 1 <= k <= e:
         raise ValueError(f"k={k} must be in 1..{e}")
     if overflow not in OVERFLOWS:
         raise ValueError(f"unknown overflow {overflow!r}")
-    ranking = np.argsort(-gates, axis=1, kind="stable")
-    sorted_gates = np.take_along_axis(gates, ranking, axis=1)
-    margin = _min_adjacent_gap(sorted_gates[:, :min(k + 1, e)])
-    if overflow == "next":
-        margin = min(margin, _min_adjacent_gap(np.log(np.maximum(sorted_gates, 1e-300))))
+    if select is None:
+        ranking = np.argsort(-gates, axis=1, kind="stable")
+        sorted_gates = np.take_along_axis(gates, ranking, axis=1)
+        margin = _min_adjacent_gap(sorted_gates[:, :min(k + 1, e)])
+        if overflow == "next":
+            margin = min(margin, _min_adjacent_gap(np.log(np.maximum(sorted_gates, 1e-300))))
+    else:
+        ranking = np.argsort(-select, axis=1, kind="stable")
+        sorted_select = np.take_along_axis(select, ranking, axis=1)
+        margin = _min_adjacent_gap(sorted_select[:, :min(k + 1, e) if overflow == "drop" else e])
     if scores is None:
-        scores = sorted_gates[:, 0]
+        scores = gates.max(axis=1)
     order = processing_order(scores, batch_priority)
     if batch_priority and not exact_scores:
         margin = min(margin, _min_adjacent_gap(np.asarray(scores)[order]))
@@ -550,16 +574,18 @@ def top_k_assign(gates, k, capacity, batch_priority, scores=None, overflow="drop
 # gating softmax_topk (V-MoE): weight = gates[t, e];
 # gating topk_softmax (Mixtral): weight = gates[t, e] / (sum of the token's k largest gates)
 #   = softmax over the k chosen logits.
-def choice_weights(gates, experts, k, gating):
+def choice_weights(gates, experts, k, gating, choices=None):
     """(S, k) combine weights of the experts in `experts`.
 
     DECISION (a choice sent elsewhere by overflow "next"): under topk_softmax its weight is
     the new expert's gate over the same sum of the token's original top-k gates, so where
-    a choice lands never changes the other choices' weights.
+    a choice lands never changes the other choices' weights. choices (S, k): the token's
+    top-k when not the k largest gates (balance "bias"); the sum runs over their gates.
     """
     weights = np.take_along_axis(gates, experts, axis=1)
     if gating == "topk_softmax":
-        weights = weights / np.sort(gates, axis=1)[:, -k:].sum(axis=1, keepdims=True)
+        top = np.sort(gates, axis=1)[:, -k:] if choices is None else np.take_along_axis(gates, choices, axis=1)
+        weights = weights / top.sum(axis=1, keepdims=True)
     elif gating != "softmax_topk":
         raise ValueError(f"unknown gating {gating!r}")
     return weights
@@ -612,7 +638,11 @@ def soft_weights(x, mu, scale):
 def top_k_moe(x, p, prefix, moe):
     s = x.shape[0]
     e, k = moe["num_experts"], moe["k"]
-    gates = softmax(x @ p[prefix + "Router/dense/kernel"], axis=-1)
+    logits = x @ p[prefix + "Router/dense/kernel"]
+    gates = softmax(logits, axis=-1)
+    # balance "bias": the experts are ranked by logits + bias; gates and scores stay unbiased
+    select = logits + p[prefix + "Router/balance_bias"] if moe.get("balance") == "bias" else None
+    choices = None if select is None else np.argsort(-select, axis=1, kind="stable")[:, :k]
     if moe["capacity_factor"] is None:
         c = s  # dropless: a token takes an expert at most once, so S slots always suffice
     else:
@@ -625,8 +655,8 @@ def top_k_moe(x, p, prefix, moe):
     scores = priority_scores(gates, k, priority, learned)
     experts, kept, margin = top_k_assign(gates, k, c, moe["batch_priority"], scores=scores,
                                          overflow=moe.get("overflow", "drop"),
-                                         exact_scores=priority == "random")
-    weights = choice_weights(gates, experts, k, moe.get("gating", "softmax_topk"))
+                                         exact_scores=priority == "random", select=select)
+    weights = choice_weights(gates, experts, k, moe.get("gating", "softmax_topk"), choices)
     scale = np.ones(s) if learned is None else 2.0 / (1.0 + np.exp(-learned))
     y = np.zeros_like(x)
     for n in range(e):
@@ -684,6 +714,11 @@ def moe_block(x, p, prefix, moe, tokens_per_image):
         out[start:start + len(y)] = y
         record["start"], record["size"] = start, len(y)
         groups.append(record)
+    # Shared experts (DeepSeekMoE): every token, weight 1, added to the routed output.
+    for n in range(moe["num_shared_experts"]):
+        out += mlp(flat, p[prefix + "Shared/Dense_0/kernel"][n], p[prefix + "Shared/Dense_0/bias"][n],
+                   p[prefix + "Shared/Dense_1/kernel"][n], p[prefix + "Shared/Dense_1/bias"][n],
+                   moe.get("gelu", "tanh"))
     return out.reshape(b, t, d), groups
 
 
@@ -1084,6 +1119,34 @@ def selftest():
            and np.allclose(y, y0 * (2 / (1 + np.exp(-sig)))[:, None])
            and rec["rank"].tolist() == np.argsort(np.argsort(-sig, kind="stable")).tolist(),
            "dropless c = S keeps all; learned: y = 2 sigmoid(s) y_plain, BPR ranks by s")
+
+    # Issue 11 variants. Balance bias, hand-worked: logits (2, 1, 0), bias (0, 1.5, 0) ->
+    # expert 1 chosen, at its unbiased gate e / (e^2 + e + 1).
+    lg = np.array([[2.0, 1.0, 0.0]])
+    experts, _, _ = top_k_assign(softmax(lg), 1, 1, False, select=lg + np.array([0, 1.5, 0]))
+    _check(experts.tolist() == [[1]], "balance bias: the choice follows logits + bias")
+    config = make_config(router="top_k", classifier="token", moe_layers=(1,), num_experts=4,
+                         balance="bias", num_shared_experts=2, expert_mlp_dim=24)
+    params = random_model(config, 9)
+    pre = "Encoder/encoderblock_1/Moe/"
+    _check(params[pre + "Mlp/Dense_0/kernel"].shape == (4, 32, 24)
+           and params[pre + "Shared/Dense_1/kernel"].shape == (2, 24, 32)
+           and params[pre + "Router/balance_bias"].shape == (4,)
+           and params["Encoder/encoderblock_0/Mlp/Dense_0/kernel"].shape == (32, 64),
+           "expert_mlp_dim sizes routed and shared experts, dense blocks keep mlp_dim")
+    moe = effective_moe(fill_defaults(config))
+    xs = rng.standard_normal((1, 7, 32))
+    y, groups = moe_block(xs, params, pre, moe, 7)
+    routed, _ = moe_block(xs, params, pre, {**moe, "num_shared_experts": 0}, 7)
+    shared = sum(mlp(xs[0], params[pre + "Shared/Dense_0/kernel"][n], params[pre + "Shared/Dense_0/bias"][n],
+                     params[pre + "Shared/Dense_1/kernel"][n], params[pre + "Shared/Dense_1/bias"][n])
+                 for n in range(2))
+    g = groups[0]
+    picked = np.argsort(-(xs[0] @ params[pre + "Router/dense/kernel"] + params[pre + "Router/balance_bias"]),
+                        axis=1, kind="stable")[:, :2]
+    _check(np.allclose(y[0] - routed[0], shared) and np.array_equal(g["experts"], picked)
+           and np.allclose(g["gates"].sum(axis=1), 1),
+           "shared experts add to every token; bias picks, gates stay a softmax")
 
     # PNM round trip and value range.
     pix = random_image(rng, 5, 7, 3)

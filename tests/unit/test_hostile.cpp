@@ -141,6 +141,14 @@ TEST_CASE("param_count is exact: it equals the tensors the config implies", "[ho
   n = 0;
   for (const ParamSlot& s : param_slots(q, c)) n += shape_numel(s.shape);
   CHECK(c.param_count() == n);
+  if (!c.moe) return;
+  c.moe->num_shared_experts = 3;  // issue 11: shared experts, expert_mlp_dim, balance bias
+  c.moe->expert_mlp_dim = 40;
+  if (c.moe->router->selection_bias()) c.moe->balance = Balance::bias;
+  VitParams r;
+  n = 0;
+  for (const ParamSlot& s : param_slots(r, c)) n += shape_numel(s.shape);
+  CHECK(c.param_count() == n);
 }
 
 TEST_CASE("routing overrides are checked against the model (item 1, 7)", "[hostile]") {

@@ -280,6 +280,24 @@ TEST_CASE("load_model names the offending tensor or config field", "[io][model]"
     CHECK(contains(msg, "unexpected tensor"));
     CHECK(contains(msg, "Encoder/encoderblock_0/Extra/kernel"));
   }
+  SECTION("issue 11 tensors: a config asking for them needs them, one without them refuses them") {
+    ModelConfig v = m.config;
+    v.moe->num_shared_experts = 1;
+    v.moe->balance = Balance::bias;
+    Model extended = init_model(v, 4);
+    const std::string shared = "Encoder/encoderblock_3/Moe/Shared/Dense_1/kernel";
+    const std::string bias = "Encoder/encoderblock_3/Moe/Router/balance_bias";
+    for (const std::string& name : {shared, bias}) {
+      auto t = model_tensors(extended);
+      t.erase(std::remove_if(t.begin(), t.end(), [&](const RawTensor& r) { return r.name == name; }), t.end());
+      write_tensors(path, t, {{"vmoe.config", config_to_json(v)}});
+      CHECK(contains(error_of(load), "missing tensor \"" + name + "\""));
+      write_tensors(path, model_tensors(extended), {{"vmoe.config", config}});  // the old config
+      CHECK(contains(error_of(load), "unexpected tensor"));
+    }
+    save_model(extended, path);
+    CHECK(config_to_json(load_model(path).config) == config_to_json(v));
+  }
   SECTION("missing vmoe.config") {
     write_tensors(path, model_tensors(m), {});
     CHECK(contains(error_of(load), "vmoe.config"));
@@ -339,6 +357,11 @@ std::vector<ModelConfig> configs_to_round_trip() {
   c.moe->noise_std = 0.5;
   c.layer_norm_eps = 1e-5;
   list.push_back(c);
+  ModelConfig v = find_architecture("vmoe-fmnist").config;  // the issue-11 amendment keys
+  v.moe->num_shared_experts = 2;
+  v.moe->expert_mlp_dim = 48;
+  v.moe->balance = Balance::bias;
+  list.push_back(v);
   ModelConfig d = find_architecture("vit-fmnist").config;
   d.labels.clear();
   d.num_classes = 7;
@@ -384,6 +407,39 @@ TEST_CASE("config JSON round trip", "[io][config]") {
     CHECK(p.moe->group_images == c.moe->group_images);
     CHECK(p.moe->noise_std == c.moe->noise_std);
     CHECK(p.moe->slots_per_expert == c.moe->slots_per_expert);
+    CHECK(p.moe->num_shared_experts == c.moe->num_shared_experts);
+    CHECK(p.moe->expert_mlp_dim == c.moe->expert_mlp_dim);
+    CHECK(p.moe->balance == c.moe->balance);
+  }
+}
+
+TEST_CASE("config JSON: the amendment's MoE keys are written only when set, bad values refused", "[io][config]") {
+  const ModelConfig c = find_architecture("vmoe-fmnist").config;
+  const std::string text = config_to_json(c);
+  for (const char* key : {"num_shared_experts", "expert_mlp_dim", "balance"}) CHECK_FALSE(contains(text, key));
+  CHECK(c.expert_mlp_dim() == c.mlp_dim);
+  const std::string head = R"({"format": "vmoe", "version": 1, "image": {"height": 28, "width": 28, "channels": 1},
+      "patch": [4, 4], "hidden_size": 96, "num_layers": 6, "num_heads": 3, "mlp_dim": 384, "num_classes": 10, "moe": )";
+  const ModelConfig set = parse_config_json(head + R"({"layers": [1], "num_shared_experts": 1, "expert_mlp_dim": 96,
+      "balance": "bias"}})");
+  CHECK(set.moe->num_shared_experts == 1);
+  CHECK(set.expert_mlp_dim() == 96);
+  CHECK(set.mlp_dim == 384);
+  CHECK(set.moe->balance == Balance::bias);
+  const std::pair<const char*, const char*> bad[] = {
+      {R"({"layers": [1], "num_shared_experts": -1})", "moe.num_shared_experts"},
+      {R"({"layers": [1], "num_shared_experts": 5000})", "moe.num_shared_experts"},
+      {R"({"layers": [1], "num_shared_experts": 1.5})", "moe.num_shared_experts"},
+      {R"({"layers": [1], "expert_mlp_dim": 0})", "moe.expert_mlp_dim"},
+      {R"({"layers": [1], "expert_mlp_dim": "wide"})", "moe.expert_mlp_dim"},
+      {R"({"layers": [1], "balance": "loss"})", "moe.balance"},
+      {R"({"layers": [1], "balance": "bias", "router": "soft"})", "moe.balance"},
+  };
+  for (const auto& [moe, needle] : bad) {
+    INFO(moe);
+    const std::string msg = error_of([&] { parse_config_json(head + moe + "}"); });
+    CHECK(contains(msg, needle));
+    CHECK(msg.find('\n') == std::string::npos);
   }
 }
 

@@ -41,6 +41,7 @@ void perturb(Model& model, uint64_t seed) {
     else if (ends_with("/bias")) for (int64_t i = 0; i < t.numel(); ++i) t[i] = 0.1f * normal(rng);
     else if (n == "cls") for (int64_t i = 0; i < t.numel(); ++i) t[i] = 0.5f * normal(rng);
     else if (ends_with("Router/dense/kernel")) for (int64_t i = 0; i < t.numel(); ++i) t[i] *= 3.0f;  // sharper gates
+    else if (ends_with("balance_bias")) for (int64_t i = 0; i < t.numel(); ++i) t[i] = 1.5f * normal(rng);
   }
 }
 
@@ -80,6 +81,14 @@ std::vector<Variant> small_variants() {
     ModelConfig c = arch("vmoe-fmnist");
     c.representation_size = 32;
     v.push_back({"vmoe-fmnist representation 32", c});
+  }
+  {
+    ModelConfig c = arch("vmoe-fmnist");  // issue 11: shared experts, fine-grained experts, bias balance
+    c.moe->num_shared_experts = 2;
+    c.moe->expert_mlp_dim = 96;
+    c.moe->balance = Balance::bias;
+    c.moe->capacity_factor = 0.5;
+    v.push_back({"vmoe-fmnist 2 shared, experts 96 wide, balance bias, factor 0.5", c});
   }
   {
     ModelConfig c = arch("vmoe-fmnist");

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "core/error.hpp"
+#include "moe/balance.hpp"
 #include "moe/capacity.hpp"
 #include "moe/moe_layer.hpp"
 #include "moe/soft_moe.hpp"
@@ -303,5 +304,155 @@ TEST_CASE("moe_forward matches the naive MoE layer for each router", "[moe][laye
     std::vector<float> again = x;
     moe_forward(again.data(), h.data(), MoeShape{N, T, D, M}, moe, w, ws, cache, nullptr, nullptr);
     CHECK(testutil::max_abs_diff(again.data(), got.data(), got.size()) == 0.0);
+  }
+}
+
+// ---- issue 11 variants: shared experts, expert_mlp_dim, balance bias -------------------
+
+// Shared experts (every token, weight 1), a routed/shared hidden size of its own, and the
+// balance bias on the top-k choice, against the naive layer (same tolerance as above).
+TEST_CASE("moe_forward with shared experts, expert_mlp_dim and a balance bias matches naive", "[moe][layer]") {
+  const Router* router = GENERATE(&vmoe::find_router("top_k"), &vmoe::find_router("soft"));
+  const int shared = GENERATE(0, 2);
+  const bool bias = GENERATE(false, true);
+  const double factor = GENERATE(0.5, 1.05);
+  if (router == &vmoe::find_router("soft") && (bias || factor != 1.05)) return;  // balance bias is top-k only
+  const int B = 3, T = 5, D = 16, M = 8;  // M: expert_mlp_dim, unlike any mlp_dim
+  MoeConfig moe;
+  moe.layers = {0};
+  moe.router = router;
+  moe.num_experts = 4, moe.k = 2, moe.capacity_factor = factor, moe.group_images = 1, moe.slots_per_expert = 2;
+  moe.num_shared_experts = shared;
+  moe.expert_mlp_dim = M;
+  moe.balance = bias ? Balance::bias : Balance::aux;
+  const int E = moe.num_experts, P = moe.slots_per_expert;
+  const int64_t N = int64_t{B} * T;
+  const uint64_t seed = 7000 + shared * 10 + bias * 2 + (router == &vmoe::find_router("soft"));
+  auto w0 = testutil::random_normal(E * D * M, seed + 1, 1.0f / std::sqrt(float(D)));
+  auto b0 = testutil::random_normal(E * M, seed + 2, 0.1f);
+  auto w1 = testutil::random_normal(E * M * D, seed + 3, 1.0f / std::sqrt(float(M)));
+  auto b1 = testutil::random_normal(E * D, seed + 4, 0.1f);
+  auto router_w = testutil::random_normal(D * E, seed + 5, 1.0f);
+  auto mu = testutil::random_normal(D * E * P, seed + 6, 1.0f / std::sqrt(float(D)));
+  auto balance = testutil::random_normal(E, seed + 7, 2.0f);  // large enough to change choices
+  auto s0 = testutil::random_normal(std::max(shared, 1) * D * M, seed + 8, 1.0f / std::sqrt(float(D)));
+  auto sb0 = testutil::random_normal(std::max(shared, 1) * M, seed + 9, 0.1f);
+  auto s1 = testutil::random_normal(std::max(shared, 1) * M * D, seed + 10, 1.0f / std::sqrt(float(M)));
+  auto sb1 = testutil::random_normal(std::max(shared, 1) * D, seed + 11, 0.1f);
+  const float scale = 3.0f;
+  std::vector<float> mu_ready(mu.size());
+  soft_normalised_mu(mu_ready.data(), mu.data(), scale, D, E * P);
+  auto h = testutil::random_normal(N * D, seed + 12);
+  auto x = testutil::random_normal(N * D, seed + 13);
+
+  naive::MoeParams p{w0.data(), b0.data(), w1.data(), b1.data(), router_w.data(), mu.data(), scale};
+  p.balance_bias = balance.data();
+  p.shared_w0 = s0.data(), p.shared_b0 = sb0.data(), p.shared_w1 = s1.data(), p.shared_b1 = sb1.data();
+  std::vector<float> y(N * D);
+  naive::LayerRouting want;
+  naive::moe_layer(y.data(), h.data(), N, T, D, M, moe, p, &want);
+
+  MoeWeights w{w0.data(), b0.data(), w1.data(), b1.data(), router_w.data(), mu_ready.data()};
+  w.balance_bias = balance.data();
+  w.shared_w0 = s0.data(), w.shared_b0 = sb0.data(), w.shared_w1 = s1.data(), w.shared_b1 = sb1.data();
+  MoeWorkspace ws;
+  nn::PrimitiveCache cache;
+  MoeLayerTrace trace;
+  std::vector<float> got = x;
+  moe_forward(got.data(), h.data(), MoeShape{N, T, D, M}, moe, w, ws, cache, &trace, nullptr);
+  INFO("router " << router->name() << " shared " << shared << " bias " << bias << " factor " << factor);
+  int bad = 0;
+  for (int64_t i = 0; i < N * D; ++i) {
+    const double want_x = double{x[i]} + y[i];
+    bad += !(std::fabs(got[i] - want_x) <= 1e-4 * (1 + std::fabs(want_x)));
+  }
+  CHECK(bad == 0);
+  CHECK(trace.times_taken == want.times_taken);
+  if (router == &vmoe::find_router("top_k")) CHECK(trace.choice_expert == want.expert);
+
+  SECTION("the shared experts' part is exactly what they add on top of the routed output") {
+    if (shared == 0) return;
+    MoeConfig routed_only = moe;
+    routed_only.num_shared_experts = 0;
+    std::vector<float> routed = x;
+    moe_forward(routed.data(), h.data(), MoeShape{N, T, D, M}, routed_only, w, ws, cache, nullptr, nullptr);
+    std::vector<float> out(D);
+    double worst = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      std::vector<double> sum(D, 0.0);
+      for (int s = 0; s < shared; ++s) {
+        naive::expert_mlp(out.data(), h.data() + n * D, s0.data() + s * D * M, sb0.data() + s * M, s1.data() + s * M * D,
+                          sb1.data() + s * D, D, M);
+        for (int d = 0; d < D; ++d) sum[d] += out[d];
+      }
+      for (int d = 0; d < D; ++d) worst = std::max(worst, std::fabs(got[n * D + d] - routed[n * D + d] - sum[d]));
+    }
+    CHECK(worst <= 1e-4);
+  }
+}
+
+// Hand-worked: router = identity (D = E = 3), so the logits are h itself.
+// Token 0: logits (2, 1, 0), bias (0, 1.5, 0) -> selection (2, 2.5, 0) picks expert 1,
+// whose gate is softmax(2, 1, 0)[1] = e / (e^2 + e + 1) = 0.2447, not a biased softmax.
+// Token 1: logits (0, 0, 3) -> selection (0, 1.5, 3) keeps expert 2 at e^3 / (e^3 + 2).
+TEST_CASE("balance bias: the choice uses biased logits, the gates stay unbiased", "[moe][balance]") {
+  const int D = 3, E = 3, M = 2;
+  MoeConfig moe;
+  moe.layers = {0};
+  moe.num_experts = E, moe.k = 1, moe.capacity_factor = 4.0, moe.capacity_multiple_of = 1;
+  moe.balance = Balance::bias;
+  const std::vector<float> router = {1, 0, 0, 0, 1, 0, 0, 0, 1};
+  const std::vector<float> bias = {0.0f, 1.5f, 0.0f};
+  const std::vector<float> h = {2, 1, 0, 0, 0, 3};
+  std::vector<float> w0(E * D * M, 0.1f), b0(E * M, 0.0f), w1(E * M * D, 0.1f), b1(E * D, 0.0f);
+  MoeWeights w{w0.data(), b0.data(), w1.data(), b1.data(), router.data(), nullptr};
+  w.balance_bias = bias.data();
+  MoeWorkspace ws;
+  nn::PrimitiveCache cache;
+  MoeLayerTrace trace;
+  std::vector<float> x(2 * D, 0.0f);
+  moe_forward(x.data(), h.data(), MoeShape{2, 2, D, M}, moe, w, ws, cache, &trace, nullptr);
+  const double e = std::exp(1.0);
+  CHECK(trace.choice_expert == std::vector<int>{1, 2});
+  CHECK(trace.choice_gate[0] == Approx(e / (e * e + e + 1)).epsilon(1e-5));
+  CHECK(trace.choice_gate[1] == Approx(e * e * e / (e * e * e + 2)).epsilon(1e-5));
+  SECTION("without the bias token 0 goes to expert 0") {
+    moe.balance = Balance::aux;
+    moe_forward(x.data(), h.data(), MoeShape{2, 2, D, M}, moe, w, ws, cache, &trace, nullptr);
+    CHECK(trace.choice_expert == std::vector<int>{0, 2});
+  }
+}
+
+TEST_CASE("balance bias update: each expert moves toward the mean load", "[moe][balance]") {
+  std::vector<float> bias = {0.0f, 0.5f, -0.5f, 0.0f};
+  update_balance_bias(bias.data(), {6, 2, 3, 1}, 0.25f);  // mean 3: over, under, at, under
+  CHECK(bias == std::vector<float>{-0.25f, 0.75f, -0.5f, 0.25f});
+
+  SECTION("repeated updates spread a skewed router over the experts") {
+    // 64 tokens whose logits favour expert 0 by 2; top-1 by logits + bias.
+    const int S = 64, E = 4;
+    auto logits = testutil::random_normal(S * E, 99, 0.5f);
+    for (int t = 0; t < S; ++t) logits[t * E] += 2.0f;
+    std::vector<float> gates(logits.size()), select(logits.size());
+    naive::softmax_rows(gates.data(), logits.data(), S, E);
+    std::vector<float> b(E, 0.0f);
+    auto max_load = [&] {
+      for (int i = 0; i < S * E; ++i) select[i] = logits[i] + b[i % E];
+      TopKRouting r;
+      TopKOptions o;
+      o.k = 1, o.capacity = S, o.select = select.data();
+      route_top_k(r, gates.data(), nullptr, S, E, o);
+      std::vector<int64_t> load(E, 0);
+      for (int e : r.expert) ++load[e];
+      return load;
+    };
+    const auto before = max_load();
+    for (int step = 0; step < 400; ++step) update_balance_bias(b.data(), max_load(), 0.02f);
+    const auto after = max_load();
+    INFO("load before " << before[0] << " " << before[1] << " " << before[2] << " " << before[3] << ", after "
+                        << after[0] << " " << after[1] << " " << after[2] << " " << after[3]);
+    CHECK(*std::max_element(before.begin(), before.end()) >= 40);
+    CHECK(*std::max_element(after.begin(), after.end()) <= 24);  // mean 16
+    CHECK(*std::min_element(after.begin(), after.end()) >= 8);
   }
 }

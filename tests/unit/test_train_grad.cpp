@@ -196,6 +196,51 @@ TEST_CASE("the training graph's logits equal the engine's for each router and to
   if (m.router->drops() && !m.dropless) CHECK(dropped > 0);
 }
 
+// Shared experts and a separate expert_mlp_dim, on top-k (with a balance bias, which
+// changes choices but must get no gradient: its finite difference is 0 wherever routing
+// does not flip) and on Soft-MoE (whose backward overwrites dh before the shared part).
+TEST_CASE("backward matches finite differences: shared experts, expert_mlp_dim, balance bias", "[train][grad]") {
+  ModelConfig c = tiny(&vmoe::find_router("top_k"), Classifier::token, false);
+  c.moe->num_shared_experts = 2;
+  c.moe->expert_mlp_dim = 8;
+  c.moe->balance = Balance::bias;
+  c.validate();
+  check_gradients(c, 8);
+}
+
+TEST_CASE("backward matches finite differences: Soft-MoE with a shared expert", "[train][grad]") {
+  ModelConfig soft = tiny(&vmoe::find_router("soft"), Classifier::gap, false);
+  soft.moe->num_shared_experts = 1;
+  soft.moe->expert_mlp_dim = 10;
+  soft.validate();
+  check_gradients(soft, 9, 0.0f);
+}
+
+TEST_CASE("balance bias: a step reports every top-k choice and the update follows the loads", "[train][balance]") {
+  ModelConfig c = tiny(&vmoe::find_router("top_k"), Classifier::token, false);
+  c.moe->balance = Balance::bias;
+  const int B = 4;
+  Problem p = make_problem(c, B, 12);
+  TrainGraph graph(c, B);
+  VitParams grads = allocate_params(c);
+  const StepResult r = graph.step(p.model.params, grads, p.images.data(), p.labels.data(), nullptr, LossOptions{});
+  REQUIRE(r.expert_choices.size() == 1);
+  const auto& load = r.expert_choices[0];
+  int64_t total = 0;
+  for (int64_t l : load) total += l;
+  CHECK(total == int64_t{B} * c.num_tokens() * c.moe->k);  // dropped choices count too
+  for (float g : std::vector<float>(grads.blocks[1].balance_bias.data(), grads.blocks[1].balance_bias.data() + 4))
+    CHECK(g == 0.0f);
+  const Tensor before = p.model.params.blocks[1].balance_bias.clone();
+  update_balance_biases(p.model.params, c, r, 0.01f);
+  for (int e = 0; e < c.moe->num_experts; ++e) {
+    const double moved = p.model.params.blocks[1].balance_bias[e] - before[e];
+    const double excess = double(load[e]) * c.moe->num_experts - double(total);
+    INFO("expert " << e << " load " << load[e] << " moved " << moved);
+    CHECK(moved == Approx(excess > 0 ? -0.01 : excess < 0 ? 0.01 : 0.0).margin(1e-6));
+  }
+}
+
 TEST_CASE("a tiny V-MoE over-fits one fixed batch", "[train]") {
   const ModelConfig c = tiny(&vmoe::find_router("top_k"), Classifier::token, false);
   const int B = 16;
