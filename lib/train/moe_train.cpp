@@ -177,7 +177,7 @@ std::vector<int64_t> MoeTrainLayer::expert_choices() const {
   if (!moe_.router->selection_bias()) return {};
   std::vector<int64_t> choices(moe_.num_experts, 0);
   for (size_t g = 0; g < groups_.size(); ++g)
-    for (int e : plan_.top_k[g].expert) ++choices[e];
+    for (int e : plan_.top_k[g].choice) ++choices[e];  // the choices, wherever overflow sent them
   return choices;
 }
 
