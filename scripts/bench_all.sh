@@ -27,13 +27,8 @@ if [ -z "${NO_TORCH:-}" ]; then
   missing=()
   $py -c "import torch" 2>/dev/null || missing+=(python3-torch)
   [ -e "$openblas/libblas.so.3" ] || missing+=(libopenblas0-openmp)
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "bench_all: installing ${missing[*]}" >&2
-    sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-  fi
+  . scripts/lib/apt.sh
+  apt_install bench_all ${missing[@]+"${missing[@]}"}
 fi
 
 tmp=$(mktemp -d)

@@ -16,17 +16,9 @@ targets=("$@")
 
 # Debian's clang 14 with its libFuzzer/sanitizer runtimes and LLVM's OpenMP.
 packages=(clang libclang-rt-14-dev libomp-dev)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "fuzz: installing ${missing[*]}" >&2
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-fi
+. scripts/lib/apt.sh
+mapfile -t missing < <(apt_missing "${packages[@]}")
+apt_install fuzz ${missing[@]+"${missing[@]}"}
 
 # -O1 (the sanitizers' advice; about twice as fast to compile as -O2 with instrumentation)
 # and asserts on: build type "Sanitize" has no flags of its own. fuzzer-no-link adds the

@@ -41,6 +41,17 @@ int top_k_capacity(int S, int E, int k, double factor) {
   return static_cast<int>(expert_capacity(int64_t{S} * k, E, factor));
 }
 
+// Elements where the layer's result `got` differs from x + y (the naive MoE output y
+// added to the residual x) by more than 1e-4 relative.
+int residual_mismatches(const std::vector<float>& got, const std::vector<float>& x, const std::vector<float>& y) {
+  int bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double want_x = double{x[i]} + y[i];
+    bad += !(std::fabs(got[i] - want_x) <= 1e-4 * (1 + std::fabs(want_x)));
+  }
+  return bad;
+}
+
 }  // namespace
 
 TEST_CASE("expert_capacity matches the naive rule", "[moe][capacity]") {
@@ -286,12 +297,7 @@ TEST_CASE("moe_forward matches the naive MoE layer for each router", "[moe][laye
   moe_forward(got.data(), h.data(), MoeShape{N, T, D, M}, moe, w, ws, cache, &trace, nullptr);
   INFO("router " << router->name() << " B " << B << " T " << T << " group " << group_images << " factor "
                  << factor << " bpr " << bpr);
-  int bad = 0;
-  for (int64_t i = 0; i < N * D; ++i) {
-    const double want_x = double{x[i]} + y[i];
-    bad += !(std::fabs(got[i] - want_x) <= 1e-4 * (1 + std::fabs(want_x)));
-  }
-  CHECK(bad == 0);
+  CHECK(residual_mismatches(got, x, y) == 0);
   CHECK(trace.times_taken == want.times_taken);
   if (router == &vmoe::find_router("top_k")) {
     CHECK(trace.choice_expert == want.expert);
@@ -361,12 +367,7 @@ TEST_CASE("moe_forward with shared experts, expert_mlp_dim and a balance bias ma
   std::vector<float> got = x;
   moe_forward(got.data(), h.data(), MoeShape{N, T, D, M}, moe, w, ws, cache, &trace, nullptr);
   INFO("router " << router->name() << " shared " << shared << " bias " << bias << " factor " << factor);
-  int bad = 0;
-  for (int64_t i = 0; i < N * D; ++i) {
-    const double want_x = double{x[i]} + y[i];
-    bad += !(std::fabs(got[i] - want_x) <= 1e-4 * (1 + std::fabs(want_x)));
-  }
-  CHECK(bad == 0);
+  CHECK(residual_mismatches(got, x, y) == 0);
   CHECK(trace.times_taken == want.times_taken);
   if (router == &vmoe::find_router("top_k")) CHECK(trace.choice_expert == want.expert);
 
