@@ -261,6 +261,11 @@ Run add_train(CLI::App& root) {
   app->add_option("--eval-capacity-factor", a->eval_capacity_factor,
                   "capacity factor for evaluation and inference (default: the training one)")
       ->check(positive_at_most(kMaxCapacityFactor));
+  app->add_option("--train-capacity-factors", s.capacity_factors,
+                  "train at these capacity factors in turn, one per step, e.g. 0.25,1.05 (the model keeps --capacity-factor "
+                  "or its own; see --eval-capacity-factor)")
+      ->delimiter(',')
+      ->check(positive_at_most(kMaxCapacityFactor));
   app->add_flag("--dropless", a->dropless, "no capacity limit: every expert can take every token (top_k)");
   app->add_option("--priority", a->priority, "BPR scorer: max_gate, sum_gates, entropy, random or learned (a trained linear scorer)")
       ->check(CLI::IsMember({"max_gate", "sum_gates", "entropy", "random", "learned"}));
@@ -285,8 +290,16 @@ Run add_train(CLI::App& root) {
   app->add_option("--heads", a->heads, "attention heads")->check(CLI::Range(1, 256));
   return [a, importance, load, balance_rate] {
     if (a->threads > 0) omp_set_num_threads(a->threads);
-    // A balance-bias model balances without the auxiliary losses unless they are asked for.
-    auto set_balance_defaults = [&](const ModelConfig& config) {
+    // Flags that depend on the model being trained. A balance-bias model balances without
+    // the auxiliary losses unless they are asked for.
+    auto check_run_settings = [&](const ModelConfig& config) {
+      const auto& factors = a->settings.capacity_factors;
+      if (factors.size() > train::kMaxCapacityFactors)
+        throw UsageError(fmt::format("--train-capacity-factors takes at most {} factors", train::kMaxCapacityFactors));
+      if (!factors.empty() && (!config.moe || !config.moe->router->drops()))
+        throw UsageError(fmt::format("--train-capacity-factors needs an MoE model whose router has a capacity, not {}",
+                                     config.moe ? config.moe->router->name() : "a dense model"));
+      if (!factors.empty() && a->dropless) throw UsageError("--train-capacity-factors and --dropless contradict each other");
       const bool bias = config.moe && config.moe->balance == Balance::bias;
       if (!bias && balance_rate->count()) throw UsageError("--balance-rate needs a --balance bias model");
       if (bias && !importance->count()) a->settings.importance_weight = 0;
@@ -319,7 +332,7 @@ Run add_train(CLI::App& root) {
     check_output_path(a->output + ".train", "training state");
     if (!a->init_from.empty()) {
       Model initial = initial_from_file(*a);
-      set_balance_defaults(initial.config);
+      check_run_settings(initial.config);
       train::train_model(initial, a->settings, a->output, callbacks);
     } else if (!a->resume.empty()) {
       if (!a->arch.empty()) {
@@ -333,7 +346,7 @@ Run add_train(CLI::App& root) {
     } else {
       if (a->arch.empty()) throw UsageError("train needs --arch NAME (or --resume STATE, or --init-from MODEL)");
       const ModelConfig config = build_config(*a);
-      set_balance_defaults(config);
+      check_run_settings(config);
       const bool soft = config.moe && is_soft_moe(*config.moe);
       if (a->soft_scale_init && !soft) throw UsageError("--soft-scale-init needs Soft-MoE layers");
       const float soft_scale = a->soft_scale_init ? static_cast<float>(*a->soft_scale_init) : default_soft_scale(config);

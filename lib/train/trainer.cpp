@@ -41,6 +41,7 @@ json settings_to_json(const TrainSettings& s) {
           {"load_weight", s.load_weight},
           {"priority_penalty", s.priority_penalty},
           {"balance_rate", s.balance_rate},
+          {"capacity_factors", s.capacity_factors},
           {"augment", s.augment},
           {"crop_padding", s.crop_padding},
           {"flip", s.flip},
@@ -96,6 +97,14 @@ TrainSettings settings_from_json(const json& j) {
   s.load_weight = real_in(j, "load_weight", 0, 1e6);
   if (j.contains("priority_penalty")) s.priority_penalty = real_in(j, "priority_penalty", 0, 1e6);  // newer states
   if (j.contains("balance_rate")) s.balance_rate = real_in(j, "balance_rate", 0, 1);  // absent in older states
+  if (j.contains("capacity_factors")) {  // absent in older states
+    const json& list = j.at("capacity_factors");
+    if (!list.is_array() || list.size() > kMaxCapacityFactors)
+      fail("\"capacity_factors\" must be a list of at most {} numbers", kMaxCapacityFactors);
+    for (size_t i = 0; i < list.size(); ++i)
+      s.capacity_factors.push_back(real_in(json{{"capacity_factors[i]", list[i]}}, "capacity_factors[i]", 0,
+                                           kMaxCapacityFactor, true));
+  }
   s.augment = flag_of(j, "augment");
   s.crop_padding = static_cast<int>(int_in(j, "crop_padding", 0, 64));
   s.flip = flag_of(j, "flip");
@@ -173,7 +182,24 @@ std::vector<EpochReport> run(Model& model, AdamW& optimizer, const TrainSettings
   const std::string test_spec = default_test_split(settings);
   if (!test_spec.empty()) test = load_dataset(test_spec, settings.data_dir);
 
-  TrainGraph graph(c, B);
+  // One graph per training capacity factor (their buffers are sized by the factor).
+  std::vector<std::unique_ptr<TrainGraph>> graphs;
+  if (settings.capacity_factors.empty()) {
+    graphs.push_back(std::make_unique<TrainGraph>(c, B));
+  } else {
+    if (!c.moe || !c.moe->router->drops())
+      fail("training capacity factors need an MoE model whose router has a capacity ({})",
+           c.moe ? c.moe->router->name() : "dense model");
+    if (settings.capacity_factors.size() > kMaxCapacityFactors)
+      fail("at most {} training capacity factors, got {}", kMaxCapacityFactors, settings.capacity_factors.size());
+    for (double f : settings.capacity_factors) {
+      ModelConfig at = c;
+      at.moe->capacity_factor = f;
+      at.moe->dropless = false;
+      at.validate();
+      graphs.push_back(std::make_unique<TrainGraph>(at, B));
+    }
+  }
   VitParams grads = allocate_params(c);
   LossOptions loss_options;
   loss_options.label_smoothing = static_cast<float>(settings.label_smoothing);
@@ -217,6 +243,7 @@ std::vector<EpochReport> run(Model& model, AdamW& optimizer, const TrainSettings
       }
       const int64_t global_step = optimizer.steps();
       const double lr = learning_rate(global_step, total_steps, warmup, settings.lr);
+      TrainGraph& graph = *graphs[static_cast<size_t>(global_step) % graphs.size()];
       StepResult r = graph.step(model.params, grads, batch.data(), batch_labels.data(), &noise_rng, loss_options);
       clip_grad_norm(grads, c, settings.clip_norm);
       optimizer.step(model.params, grads, static_cast<float>(lr));

@@ -31,6 +31,10 @@ struct TrainSettings {
   double importance_weight = 0.005, load_weight = 0.005;
   double priority_penalty = 0;  // learned priority scorer: weight of its mean output scale
   double balance_rate = kDefaultBalanceRate;  // balance "bias" models: the bias update per step (moe/balance)
+  // Empty: every step routes at the model's capacity factor. Otherwise step s routes at
+  // capacity_factors[s % size] (models whose router drops tokens): one model trained for
+  // both a low and a full factor.
+  std::vector<double> capacity_factors;
   bool augment = true;  // random crop with padding, horizontal flip
   int crop_padding = 2;
   bool flip = true;
@@ -75,6 +79,7 @@ ModelConfig read_training_state_config(const std::string& path);
 // Limits on a run (the CLI's and a resumed state's).
 inline constexpr int kMaxEpochs = 100000;
 inline constexpr int kMaxBatch = 65536;
+inline constexpr size_t kMaxCapacityFactors = 16;  // entries of TrainSettings::capacity_factors
 
 // Everything a resume needs, read from MODEL.train and checked: the config, the run's
 // settings (types and ranges as the CLI accepts them), progress (0 <= epochs_done <=

@@ -269,6 +269,13 @@ grep -qF "top_k" "$ERR" || fail "--balance bias on Soft-MoE: the message does no
 run_one 2 "train --balance-rate nan" train --arch vmoe-fmnist --balance bias --balance-rate nan -o "$WORK/t.safetensors"
 run_one 2 "train --balance-rate 2" train --arch vmoe-fmnist --balance bias --balance-rate 2 -o "$WORK/t.safetensors"
 run_one 2 "train --balance-rate without --balance bias" train --arch vmoe-fmnist --balance-rate 0.01 -o "$WORK/t.safetensors"
+run_one 2 "train --train-capacity-factors 0" train --arch vmoe-fmnist --train-capacity-factors 0.25,0 -o "$WORK/t.safetensors"
+run_one 2 "train --train-capacity-factors x" train --arch vmoe-fmnist --train-capacity-factors 0.25,x -o "$WORK/t.safetensors"
+run_one 2 "train --train-capacity-factors on a dense arch" train --arch vit-fmnist --train-capacity-factors 0.5 -o "$WORK/t.safetensors"
+grep -qF "dense" "$ERR" || fail "--train-capacity-factors on a dense model: the message does not say why"
+run_one 2 "train --train-capacity-factors on Soft-MoE" train --arch softmoe-fmnist --train-capacity-factors 0.5 -o "$WORK/t.safetensors"
+run_one 2 "train --train-capacity-factors with --dropless" train --arch vmoe-fmnist --dropless --train-capacity-factors 0.5 -o "$WORK/t.safetensors"
+run_one 2 "train 17 --train-capacity-factors" train --arch vmoe-fmnist --train-capacity-factors 1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1 -o "$WORK/t.safetensors"
 [ ! -e "$WORK/t.safetensors" ] || fail "a refused variant run wrote a model"
 
 # --- success -------------------------------------------------------------------------------

@@ -109,6 +109,26 @@ assert all(v in (-0.5, -0.25, 0.0, 0.25, 0.5) for v in bias) and any(bias), bias
 settings = json.loads(header(sys.argv[2])[0]['__metadata__']['vmoe.train'])['settings']
 assert settings['importance_weight'] == 0 and settings['load_weight'] == 0 and settings['balance_rate'] == 0.25, settings
 PY
+
+# --- training capacity factors taken in turn: one factor is the same run as that --------
+# --capacity-factor (same weights), and 0.25,4 trains a different model than 0.25 alone.
+mix=(--data fashion-mnist:train --arch vmoe-fmnist --layers 2 --moe-layers 0,1 --limit 256 --batch 32 --test-data none --epochs 1 --seed 3)
+expect 0 "train at factor 0.25" -- "$vmoe" train "${mix[@]}" --capacity-factor 0.25 -o mix_cf.safetensors
+expect 0 "train at factors [0.25]" -- "$vmoe" train "${mix[@]}" --train-capacity-factors 0.25 -o mix_one.safetensors
+expect 0 "train at factors 0.25,4 in turn" -- "$vmoe" train "${mix[@]}" --train-capacity-factors 0.25,4 -o mix_two.safetensors
+/usr/bin/python3 - mix_cf.safetensors mix_one.safetensors mix_two.safetensors mix_two.safetensors.train <<'PY' || fail "training capacity factors are not taken in turn"
+import json, struct, sys
+def read(path):
+    with open(path, 'rb') as f:
+        n = struct.unpack('<Q', f.read(8))[0]
+        return json.loads(f.read(n)), f.read()
+(_, cf), (_, one), (h2, two) = read(sys.argv[1]), read(sys.argv[2]), read(sys.argv[3])
+assert cf == one, "--train-capacity-factors 0.25 did not train as --capacity-factor 0.25"
+assert one != two, "--train-capacity-factors 0.25,4 trained the same weights as 0.25 alone"
+assert json.loads(h2['__metadata__']['vmoe.config'])['moe']['capacity_factor'] == 1.05, "the model's own factor changed"
+settings = json.loads(read(sys.argv[4])[0]['__metadata__']['vmoe.train'])['settings']
+assert settings['capacity_factors'] == [0.25, 4], settings
+PY
 expect 0 "info on the variant model" -- "$vmoe" info var.safetensors
 grep -q "8 experts + 1 shared, k 2.*balance bias" out.txt || fail "info does not show the variant: $(cat out.txt)"
 grep -q "MLP 192 (experts 48)" out.txt || fail "info does not show the expert MLP size: $(cat out.txt)"
