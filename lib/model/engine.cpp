@@ -124,8 +124,8 @@ void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* tim
     float* qkv = qkv_.reserve(N * 3 * D);
     cache_.gemm(qkv_spec).run(qkv, h, packed_[i].qkv_kernel.data(), packed_[i].qkv_bias.data());
     float* attn = attn_.reserve(N * D);
-    nn::attention_forward(attn, scores_.reserve(nn::attention_chunk_images(B, T, H) * H * T * T), qkv, B, T, H,
-                          D / H, cache_);
+    float* workspace = scores_.reserve(nn::attention_workspace_floats(B, T, H, D / H, /*keep_probs=*/false));
+    nn::attention_forward(attn, workspace, qkv, B, T, H, D / H, cache_);
     GemmSpec out_spec;  // x += attn @ out_kernel + out_bias
     out_spec.m = N, out_spec.k = D, out_spec.n = D, out_spec.bias = true, out_spec.beta = 1.0f;
     cache_.gemm(out_spec).run(x, attn, b.out_kernel.data(), b.out_bias.data());

@@ -9,10 +9,15 @@ namespace vmoe::nn {
 // For each image b and head h, with Q, K, V read in place from qkv (B*T, 3*D) laid out
 // [q heads | k heads | v heads]:
 //   out[b, :, h] = softmax(Q K^T / sqrt(Dh)) V           out is (B*T, D)
-// scores is a workspace of attention_chunk_images(B, T, H) * H * T * T floats (images
-// are processed in chunks of that many), or with keep_probs (B, H, T, T) keeping every
-// image's attention probabilities (training needs them).
-int64_t attention_chunk_images(int64_t B, int64_t T, int64_t H);
+//
+// Inference (keep_probs false) runs a fused hand-written kernel: per (image, head) its
+// scores live in a few rows of per-thread scratch that stay in cache, never in memory.
+// scores is then a workspace of attention_workspace_floats(B, T, H, Dh, false) floats,
+// sized for the OpenMP thread count at the time of the call (call from outside any
+// parallel region).
+// Training (keep_probs true) runs oneDNN's batched matmuls and softmax and keeps every
+// image's attention probabilities in scores (B, H, T, T); the backward needs them.
+int64_t attention_workspace_floats(int64_t B, int64_t T, int64_t H, int64_t Dh, bool keep_probs);
 void attention_forward(float* out, float* scores, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Dh,
                        PrimitiveCache& cache, bool keep_probs = false);
 

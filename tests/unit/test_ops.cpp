@@ -461,16 +461,19 @@ TEST_CASE("gelu_forward and gelu_backward match naive", "[ops][gelu]") {
 // that is the probabilities' relative error delta. A convex combination of V rows then
 // moves by at most 2 delta max|v|, plus the P V sum's own (T + 2) u max|v|.
 TEST_CASE("attention_forward matches naive multi-head attention", "[ops][attention]") {
-  const int64_t B = GENERATE(1, 2, 5), T = GENERATE(1, 5, 50), H = GENERATE(1, 3, 4), Dh = GENERATE(1, 8, 32);
+  // keep_probs false is the fused kernel: T and Dh cover its register-tile tails (T not a
+  // multiple of 4 rows or 8 columns, Dh below, at and past multiples of 8), and B * H = 1
+  // and 3 split each pair's rows between threads. keep_probs true is the oneDNN path.
   const bool keep_probs = GENERATE(false, true);
+  const int64_t B = GENERATE(1, 2, 5), H = GENERATE(1, 3), T = GENERATE(1, 7, 50, 131);
+  const int64_t Dh = GENERATE(1, 8, 32, 33, 64);
   const int64_t D = H * Dh;
   auto qkv = testutil::random_normal(B * T * 3 * D, 81 + B + T + H + Dh);
   std::vector<float> out(B * T * D, 7.0f), ref(B * T * D);
-  // The documented workspace: chunk * H * T * T floats, or B * H * T * T with keep_probs;
-  // one guard float after it must survive.
-  const int64_t workspace = (keep_probs ? B : vmoe::nn::attention_chunk_images(B, T, H)) * H * T * T;
-  CHECK(vmoe::nn::attention_chunk_images(B, T, H) >= 1);
-  CHECK(vmoe::nn::attention_chunk_images(B, T, H) <= B);
+  // The documented workspace (B * H * T * T probabilities with keep_probs, else per-thread
+  // scratch); one guard float after it must survive.
+  const int64_t workspace = vmoe::nn::attention_workspace_floats(B, T, H, Dh, keep_probs);
+  if (keep_probs) CHECK(workspace == B * H * T * T);
   std::vector<float> scores(workspace + 1, 0.0f);
   scores[workspace] = 12345.0f;
   vmoe::nn::PrimitiveCache cache;
