@@ -83,40 +83,105 @@ void rows_times(const float* a, int64_t lda, const float* b, int64_t ldb, int64_
   }
 }
 
-template <class Store>
-void rows_times(int rows, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, int64_t N,
-                Store&& store) {
-  switch (rows) {
-    case 4: rows_times<4>(a, lda, b, ldb, K, N, store); break;
-    case 3: rows_times<3>(a, lda, b, ldb, K, N, store); break;
-    case 2: rows_times<2>(a, lda, b, ldb, K, N, store); break;
-    default: rows_times<1>(a, lda, b, ldb, K, N, store); break;
+// The horizontal maximum and sum of a register, in every lane.
+inline __m256 all_lanes_max(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_permute2f128_ps(x, x, 1));
+  x = _mm256_max_ps(x, _mm256_permute_ps(x, 0x4e));
+  return _mm256_max_ps(x, _mm256_permute_ps(x, 0xb1));
+}
+inline __m256 all_lanes_sum(__m256 x) {
+  x = _mm256_add_ps(x, _mm256_permute2f128_ps(x, x, 1));
+  x = _mm256_add_ps(x, _mm256_permute_ps(x, 0x4e));
+  return _mm256_add_ps(x, _mm256_permute_ps(x, 0xb1));
+}
+
+// Lanes [0, n) set, for the last, partial register of a row of n mod 8 floats.
+inline __m256 first_lanes(int64_t n) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lane));
+}
+
+// For rows r < R of s (row stride Tp): s[j] = exp(s[j] - max s) for j < T and 0 for j in
+// [T, Tp), and inv_sum[r] = 1 / sum_j s[j]. The rows are interleaved so that their
+// reductions' latency chains overlap. exp's argument is clamped at -87 (its range);
+// exp(-87) < 1e-37 next to the maximum's exp(0) = 1.
+template <int R>
+void exp_rows_minus_max(float* s, int64_t Tp, int64_t T, float* inv_sum) {
+  const int64_t whole = T / kLanes * kLanes;
+  const __m256 tail = first_lanes(T - whole);  // lanes of the last register that are in the row
+  __m256 m[R], sum[R];
+  for (int r = 0; r < R; ++r) m[r] = _mm256_set1_ps(-INFINITY), sum[r] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < whole; j += kLanes)
+    for (int r = 0; r < R; ++r) m[r] = _mm256_max_ps(m[r], _mm256_loadu_ps(s + r * Tp + j));
+  if (whole < T)
+    for (int r = 0; r < R; ++r) m[r] = _mm256_max_ps(m[r], _mm256_blendv_ps(m[r], _mm256_loadu_ps(s + r * Tp + whole), tail));
+  for (int r = 0; r < R; ++r) m[r] = all_lanes_max(m[r]);
+  const __m256 lowest = _mm256_set1_ps(-87.0f);
+  for (int64_t j = 0; j < Tp; j += kLanes)
+    for (int r = 0; r < R; ++r) {
+      __m256 e = exp_bounded(_mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(s + r * Tp + j), m[r]), lowest));
+      if (j == whole) e = _mm256_and_ps(e, tail);  // only reached when T is not a multiple of 8
+      _mm256_storeu_ps(s + r * Tp + j, e);
+      sum[r] = _mm256_add_ps(sum[r], e);
+    }
+  for (int r = 0; r < R; ++r) inv_sum[r] = 1.0f / _mm256_cvtss_f32(all_lanes_sum(sum[r]));
+}
+
+// dst (8, 8) = src (8, 8)^T, rows of src at stride lds, of dst at stride ldd.
+inline void transpose8x8(float* dst, int64_t ldd, const float* src, int64_t lds) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; i += 2) t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  // t[0] = a0 b0 a1 b1 | a4 b4 a5 b5, t[1] = a2 b2 a3 b3 | a6 b6 a7 b7, likewise t[2..3] for c, d
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);      // a0 b0 c0 d0 | a4 b4 c4 d4
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);  // a1 b1 c1 d1 | a5 b5 c5 d5
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
   }
 }
 
-// s[j] = exp(s[j] - max s) for j < T; returns 1 / sum_j s[j]. exp's argument is clamped
-// at -87 (its range); exp(-87) < 1e-37 next to the row maximum's 1.
-float exp_row_minus_max(float* s, int64_t T) {
-  float m = s[0];
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < T; ++j) m = s[j] > m ? s[j] : m;
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < T; ++j) {
-    float z = s[j] - m;
-    z = z < -87.0f ? -87.0f : z;
-    s[j] = exp_bounded(z);
-    sum += s[j];
+// kt (Dh, Tp) = k (T, Dh)^T with k's rows at stride ld, columns T..Tp zero.
+void transpose_keys(float* kt, int64_t Tp, const float* k, int64_t ld, int64_t T, int64_t Dh) {
+  const int64_t T8 = T / 8 * 8, Dh8 = Dh / 8 * 8;
+  for (int64_t j = 0; j < T8; j += 8)
+    for (int64_t d = 0; d < Dh8; d += 8) transpose8x8(kt + d * Tp + j, Tp, k + j * ld + d, ld);
+  for (int64_t d = 0; d < Dh; ++d) {
+    for (int64_t j = d < Dh8 ? T8 : 0; j < T; ++j) kt[d * Tp + j] = k[j * ld + d];
+    for (int64_t j = T; j < Tp; ++j) kt[d * Tp + j] = 0.0f;
   }
-  return 1.0f / sum;
+}
+
+// R query rows of one (image, head): scores p (R, Tp) = Q K^T / sqrt(Dh) from q (R, Dh)
+// (row stride ld) and kt (Dh, Tp); exp and row sums in place; o (R, Dh) (row stride ldo)
+// = P V / row sum, V (T, Dhp) with row stride ldv.
+template <int R>
+void attend_tile(float* o, int64_t ldo, const float* q, int64_t ld, const float* kt, const float* v, int64_t ldv,
+                 float* p, int64_t T, int64_t Tp, int64_t Dh, int64_t Dhp) {
+  const __m256 scale = _mm256_set1_ps(1.0f / std::sqrt(static_cast<float>(Dh)));
+  rows_times<R>(q, ld, kt, Tp, Dh, Tp,
+                [&](int r, int64_t c, __m256 x) { _mm256_storeu_ps(p + r * Tp + c, _mm256_mul_ps(x, scale)); });
+  float inv_sum[R];
+  exp_rows_minus_max<R>(p, Tp, T, inv_sum);
+  rows_times<R>(p, Tp, v, ldv, T, Dhp, [&](int r, int64_t c, __m256 x) {
+    x = _mm256_mul_ps(x, _mm256_set1_ps(inv_sum[r]));
+    if (c + kLanes <= Dh)
+      _mm256_storeu_ps(o + r * ldo + c, x);
+    else  // the last, partial register of a row: its other lanes are the next head's
+      _mm256_maskstore_ps(o + r * ldo + c, _mm256_castps_si256(first_lanes(Dh - c)), x);
+  });
 }
 
 // Query rows [i0, i1) of image b, head h:
 //   out[b*T + i, h*Dh : (h+1)*Dh] = softmax_j(q_i . k_j / sqrt(Dh)) V     for i in [i0, i1)
-// a tile of kRows rows at a time: scores (rows, Tp) = Q K^T, exp and row sums in place,
-// then (rows, Dh) = P V scaled by each row's 1 / sum.
-void attend_rows(float* out, const float* qkv, int64_t b, int64_t h, int64_t i0, int64_t i1, int64_t T, int64_t H,
-                 int64_t Dh, const FusedScratch& s, float* scratch) {
+// K transposed (and V padded when Dh is not a multiple of 8) into scratch once, then
+// tiles of kRows query rows.
+void attend_rows(float* out, const float* qkv, int64_t b, int64_t h, int64_t i0, int64_t i1, int64_t B, int64_t T,
+                 int64_t H, int64_t Dh, const FusedScratch& s, float* scratch) {
   const int64_t D = H * Dh, ld = 3 * D, Tp = s.Tp;
   const float* q = qkv + b * T * ld + h * Dh;  // (T, Dh) with row stride ld, as are k and v
   const float* k = q + D;
@@ -124,33 +189,31 @@ void attend_rows(float* out, const float* qkv, int64_t b, int64_t h, int64_t i0,
   float* kt = scratch;
   float* vp = kt + s.kt_floats;
   float* p = vp + s.vp_floats;
-  for (int64_t d = 0; d < Dh; ++d) {
-    for (int64_t j = 0; j < T; ++j) kt[d * Tp + j] = k[j * ld + d];
-    for (int64_t j = T; j < Tp; ++j) kt[d * Tp + j] = 0.0f;
-  }
-  const float* vb = v;
+  transpose_keys(kt, Tp, k, ld, T, Dh);
   int64_t ldv = ld;
   if (s.vp_floats) {
     for (int64_t j = 0; j < T; ++j)
       for (int64_t d = 0; d < s.Dhp; ++d) vp[j * s.Dhp + d] = d < Dh ? v[j * ld + d] : 0.0f;
-    vb = vp, ldv = s.Dhp;
+    v = vp, ldv = s.Dhp;
   }
-  const __m256 scale = _mm256_set1_ps(1.0f / std::sqrt(static_cast<float>(Dh)));
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  float inv_sum[kRows];
+  // The same head's rows of the next image come H pairs later: the thread's pairs are
+  // contiguous (static schedule). Prefetching them while this pair computes hides the
+  // memory latency that otherwise dominates large batches, whose qkv is far beyond L2.
+  const float* next = b + 1 < B ? q + T * ld : nullptr;
   for (int64_t i = i0; i < i1; i += kRows) {
-    const int rows = static_cast<int>(std::min<int64_t>(kRows, i1 - i));
-    rows_times(rows, q + i * ld, ld, kt, Tp, Dh, Tp,
-               [&](int r, int64_t c, __m256 x) { _mm256_storeu_ps(p + r * Tp + c, _mm256_mul_ps(x, scale)); });
-    for (int r = 0; r < rows; ++r) inv_sum[r] = exp_row_minus_max(p + r * Tp, T);
     float* o = out + (b * T + i) * D + h * Dh;
-    rows_times(rows, p, Tp, vb, ldv, T, s.Dhp, [&](int r, int64_t c, __m256 x) {
-      x = _mm256_mul_ps(x, _mm256_set1_ps(inv_sum[r]));
-      if (c + kLanes <= Dh)
-        _mm256_storeu_ps(o + r * D + c, x);
-      else  // the last, partial register of a row: its other lanes are the next head's
-        _mm256_maskstore_ps(o + r * D + c, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(Dh - c)), lane), x);
-    });
+    const float* qi = q + i * ld;
+    if (next)
+      for (int64_t r = i; r < std::min(i + kRows, i1); ++r)
+        for (int64_t c = 0; c < 3 * D; c += D)
+          for (int64_t d = 0; d < Dh + 16; d += 16)
+            _mm_prefetch(reinterpret_cast<const char*>(next + r * ld + c + std::min(d, Dh - 1)), _MM_HINT_T0);
+    switch (std::min<int64_t>(kRows, i1 - i)) {
+      case 4: attend_tile<4>(o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
+      case 3: attend_tile<3>(o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
+      case 2: attend_tile<2>(o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
+      default: attend_tile<1>(o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
+    }
   }
 }
 
@@ -198,7 +261,7 @@ void attention_forward(float* out, float* scores, const float* qkv, int64_t B, i
   for (int64_t item = 0; item < pairs * parts; ++item) {
     const int64_t pair = item / parts, i0 = item % parts * rows_per_part, i1 = std::min(T, i0 + rows_per_part);
     if (i0 >= i1) continue;
-    attend_rows(out, qkv, pair / H, pair % H, i0, i1, T, H, Dh, s, scores + omp_get_thread_num() * s.floats());
+    attend_rows(out, qkv, pair / H, pair % H, i0, i1, B, T, H, Dh, s, scores + omp_get_thread_num() * s.floats());
   }
 }
 
