@@ -119,7 +119,8 @@ void exp_rows_minus_max(float* s, int64_t Tp, int64_t T, float* inv_sum) {
   const __m256 lowest = _mm256_set1_ps(-87.0f);
   for (int64_t j = 0; j < Tp; j += kLanes)
     for (int r = 0; r < R; ++r) {
-      __m256 e = exp_bounded(_mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(s + r * Tp + j), m[r]), lowest));
+      // max(lowest, z) returns z when z is NaN, so a NaN score makes its row NaN
+      __m256 e = exp_bounded(_mm256_max_ps(lowest, _mm256_sub_ps(_mm256_loadu_ps(s + r * Tp + j), m[r])));
       if (j == whole) e = _mm256_and_ps(e, tail);  // only reached when T is not a multiple of 8
       _mm256_storeu_ps(s + r * Tp + j, e);
       sum[r] = _mm256_add_ps(sum[r], e);

@@ -507,6 +507,25 @@ TEST_CASE("attention_forward matches naive multi-head attention", "[ops][attenti
   }
 }
 
+// A NaN in one query makes that query's output row NaN (as in the naive twin), and only it.
+TEST_CASE("attention_forward propagates a NaN query to its own row", "[ops][attention]") {
+  const int64_t B = 2, T = GENERATE(1, 7, 50), H = 3, Dh = GENERATE(8, 33), D = H * Dh;
+  auto qkv = testutil::random_normal(B * T * 3 * D, 5 + T + Dh);
+  const int64_t b = 1, i = T - 1, h = 2;
+  qkv[(b * T + i) * 3 * D + h * Dh] = std::nanf("");
+  std::vector<float> out(B * T * D), scores(vmoe::nn::attention_workspace_floats(B, T, H, Dh, false));
+  vmoe::nn::PrimitiveCache cache;
+  vmoe::nn::attention_forward(out.data(), scores.data(), qkv.data(), B, T, H, Dh, cache);
+  int nan_inside = 0, nan_outside = 0;
+  for (int64_t row = 0; row < B * T; ++row)
+    for (int64_t c = 0; c < D; ++c) {
+      const bool inside = row == b * T + i && c / Dh == h;
+      (inside ? nan_inside : nan_outside) += std::isnan(out[row * D + c]);
+    }
+  CHECK(nan_inside == Dh);
+  CHECK(nan_outside == 0);
+}
+
 // A oneDNN primitive keeps the thread count it was created with, so the cache must not
 // hand one created under 1 thread to a caller running 2 (the engine runs small batches on
 // one thread, and its expert GEMMs take their row count at run time, shared by all batches).
