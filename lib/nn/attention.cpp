@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "nn/exp_bounded.hpp"
@@ -12,9 +13,9 @@ namespace vmoe::nn {
 
 namespace {
 
-// AVX2 register tiles (the build targets x86-64-v3): kRows query rows by at most
-// kMaxVectors registers of 8 columns, so 12 accumulators + 3 loaded B registers + 1
-// broadcast fill the 16 ymm registers.
+// AVX2 register tiles (the build targets x86-64-v3; AVX-512 ones below): kRows query
+// rows by at most kMaxVectors registers of 8 columns, so 12 accumulators + 3 loaded B
+// registers + 1 broadcast fill the 16 ymm registers.
 constexpr int64_t kLanes = 8;
 constexpr int kRows = 4;
 constexpr int kMaxVectors = 3;
@@ -36,6 +37,8 @@ struct FusedScratch {
         p_floats(round_up(kRows * Tp, 16)) {}
   int64_t floats() const { return kt_floats + vp_floats + p_floats; }
 };
+
+std::atomic<bool> allow_avx512{true};
 
 // C (R, 8 NV) = A (R, K) @ B (K, 8 NV): A's row r at a + r * lda (unit stride along K),
 // B's row k at b + k * ldb. Hands each finished register to store(r, v, acc).
@@ -81,6 +84,62 @@ void rows_times(const float* a, int64_t lda, const float* b, int64_t ldb, int64_
       tile<R, 1>(a, lda, b + c0, ldb, K, at);
     c0 += nv * kLanes;
   }
+}
+
+// The same tiles with AVX-512 registers of 16 columns, up to 4 per row (16 accumulators
+// of the 32 registers), for CPUs that have them: the build targets x86-64-v3, so these
+// are compiled for avx512f alone and chosen at run time (`wide` below). They double the
+// FMA width where Dh = 64 made the AVX2 tiles compute-bound (docs/BENCHMARKS.md).
+#define VMOE_AVX512 __attribute__((target("avx512f")))
+template <int R, int NV, class Store>
+VMOE_AVX512 inline void tile16(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, Store&& store) {
+  __m512 acc[R][NV];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 bk[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bk[v] = _mm512_loadu_ps(b + k * ldb + v * 16);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m512 ar = _mm512_set1_ps(a[r * lda + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bk[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {  // as two AVX2 halves (GCC 12 warns on the extract intrinsics)
+      alignas(64) float lanes[16];
+      _mm512_store_ps(lanes, acc[r][v]);
+      store(r, v * 16, _mm256_load_ps(lanes));
+      store(r, v * 16 + 8, _mm256_load_ps(lanes + 8));
+    }
+}
+
+template <int R, class Store>
+VMOE_AVX512 void rows_times16(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, int64_t N,
+                              Store&& store) {
+  const int64_t registers = N / 16, blocks = (registers + 3) / 4;
+  int64_t c0 = 0;
+  for (int64_t block = 0; block < blocks; ++block) {
+    const int64_t nv = registers / blocks + (block < registers % blocks);
+    auto at = [&](int r, int64_t c, __m256 x) { store(r, c0 + c, x); };
+    if (nv == 4)
+      tile16<R, 4>(a, lda, b + c0, ldb, K, at);
+    else if (nv == 3)
+      tile16<R, 3>(a, lda, b + c0, ldb, K, at);
+    else if (nv == 2)
+      tile16<R, 2>(a, lda, b + c0, ldb, K, at);
+    else
+      tile16<R, 1>(a, lda, b + c0, ldb, K, at);
+    c0 += nv * 16;
+  }
+  if (c0 < N)  // an odd number of 8-column registers: the last is an AVX2 one
+    tile<R, 1>(a, lda, b + c0, ldb, K, [&](int r, int64_t c, __m256 x) { store(r, c0 + c, x); });
 }
 
 // The horizontal maximum and sum of a register, in every lane.
@@ -159,30 +218,37 @@ void transpose_keys(float* kt, int64_t Tp, const float* k, int64_t ld, int64_t T
 
 // R query rows of one (image, head): scores p (R, Tp) = Q K^T / sqrt(Dh) from q (R, Dh)
 // (row stride ld) and kt (Dh, Tp); exp and row sums in place; o (R, Dh) (row stride ldo)
-// = P V / row sum, V (T, Dhp) with row stride ldv.
+// = P V / row sum, V (T, Dhp) with row stride ldv. wide: AVX-512 matmul tiles.
 template <int R>
-void attend_tile(float* o, int64_t ldo, const float* q, int64_t ld, const float* kt, const float* v, int64_t ldv,
-                 float* p, int64_t T, int64_t Tp, int64_t Dh, int64_t Dhp) {
+void attend_tile(bool wide, float* o, int64_t ldo, const float* q, int64_t ld, const float* kt, const float* v,
+                 int64_t ldv, float* p, int64_t T, int64_t Tp, int64_t Dh, int64_t Dhp) {
   const __m256 scale = _mm256_set1_ps(1.0f / std::sqrt(static_cast<float>(Dh)));
-  rows_times<R>(q, ld, kt, Tp, Dh, Tp,
-                [&](int r, int64_t c, __m256 x) { _mm256_storeu_ps(p + r * Tp + c, _mm256_mul_ps(x, scale)); });
+  auto store_score = [&](int r, int64_t c, __m256 x) { _mm256_storeu_ps(p + r * Tp + c, _mm256_mul_ps(x, scale)); };
+  if (wide)
+    rows_times16<R>(q, ld, kt, Tp, Dh, Tp, store_score);
+  else
+    rows_times<R>(q, ld, kt, Tp, Dh, Tp, store_score);
   float inv_sum[R];
   exp_rows_minus_max<R>(p, Tp, T, inv_sum);
-  rows_times<R>(p, Tp, v, ldv, T, Dhp, [&](int r, int64_t c, __m256 x) {
+  auto store_out = [&](int r, int64_t c, __m256 x) {
     x = _mm256_mul_ps(x, _mm256_set1_ps(inv_sum[r]));
     if (c + kLanes <= Dh)
       _mm256_storeu_ps(o + r * ldo + c, x);
     else  // the last, partial register of a row: its other lanes are the next head's
       _mm256_maskstore_ps(o + r * ldo + c, _mm256_castps_si256(first_lanes(Dh - c)), x);
-  });
+  };
+  if (wide)
+    rows_times16<R>(p, Tp, v, ldv, T, Dhp, store_out);
+  else
+    rows_times<R>(p, Tp, v, ldv, T, Dhp, store_out);
 }
 
 // Query rows [i0, i1) of image b, head h:
 //   out[b*T + i, h*Dh : (h+1)*Dh] = softmax_j(q_i . k_j / sqrt(Dh)) V     for i in [i0, i1)
 // K transposed (and V padded when Dh is not a multiple of 8) into scratch once, then
 // tiles of kRows query rows.
-void attend_rows(float* out, const float* qkv, int64_t b, int64_t h, int64_t i0, int64_t i1, int64_t B, int64_t T,
-                 int64_t H, int64_t Dh, const FusedScratch& s, float* scratch) {
+void attend_rows(bool wide, float* out, const float* qkv, int64_t b, int64_t h, int64_t i0, int64_t i1, int64_t B,
+                 int64_t T, int64_t H, int64_t Dh, const FusedScratch& s, float* scratch) {
   const int64_t D = H * Dh, ld = 3 * D, Tp = s.Tp;
   const float* q = qkv + b * T * ld + h * Dh;  // (T, Dh) with row stride ld, as are k and v
   const float* k = q + D;
@@ -210,10 +276,10 @@ void attend_rows(float* out, const float* qkv, int64_t b, int64_t h, int64_t i0,
           for (int64_t d = 0; d < Dh + 16; d += 16)
             _mm_prefetch(reinterpret_cast<const char*>(next + r * ld + c + std::min(d, Dh - 1)), _MM_HINT_T0);
     switch (std::min<int64_t>(kRows, i1 - i)) {
-      case 4: attend_tile<4>(o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
-      case 3: attend_tile<3>(o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
-      case 2: attend_tile<2>(o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
-      default: attend_tile<1>(o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
+      case 4: attend_tile<4>(wide, o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
+      case 3: attend_tile<3>(wide, o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
+      case 2: attend_tile<2>(wide, o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
+      default: attend_tile<1>(wide, o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
     }
   }
 }
@@ -243,6 +309,8 @@ void attention_keep_probs(float* out, float* probs, const float* qkv, int64_t B,
 
 }  // namespace
 
+void attention_allow_avx512(bool allow) { allow_avx512.store(allow); }
+
 int64_t attention_workspace_floats(int64_t B, int64_t T, int64_t H, int64_t Dh, bool keep_probs) {
   if (keep_probs) return B * H * T * T;
   return omp_get_max_threads() * FusedScratch(T, Dh).floats();
@@ -251,6 +319,8 @@ int64_t attention_workspace_floats(int64_t B, int64_t T, int64_t H, int64_t Dh, 
 void attention_forward(float* out, float* scores, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Dh,
                        PrimitiveCache& cache, bool keep_probs) {
   if (keep_probs) return attention_keep_probs(out, scores, qkv, B, T, H, Dh, cache);
+  static const bool cpu_has_avx512 = __builtin_cpu_supports("avx512f");
+  const bool wide = cpu_has_avx512 && allow_avx512.load(std::memory_order_relaxed);
   const FusedScratch s(T, Dh);
   // Work items are (image, head) pairs; when there are too few to keep every thread busy
   // (small batches), each pair's rows are split into parts, each packing its own K and V.
@@ -262,7 +332,7 @@ void attention_forward(float* out, float* scores, const float* qkv, int64_t B, i
   for (int64_t item = 0; item < pairs * parts; ++item) {
     const int64_t pair = item / parts, i0 = item % parts * rows_per_part, i1 = std::min(T, i0 + rows_per_part);
     if (i0 >= i1) continue;
-    attend_rows(out, qkv, pair / H, pair % H, i0, i1, B, T, H, Dh, s, scores + omp_get_thread_num() * s.floats());
+    attend_rows(wide, out, qkv, pair / H, pair % H, i0, i1, B, T, H, Dh, s, scores + omp_get_thread_num() * s.floats());
   }
 }
 

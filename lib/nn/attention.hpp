@@ -17,6 +17,10 @@ namespace vmoe::nn {
 // parallel region).
 // Training (keep_probs true) runs oneDNN's batched matmuls and softmax and keeps every
 // image's attention probabilities in scores (B, H, T, T); the backward needs them.
+// The fused kernel's matmul tiles use AVX-512 registers when the CPU has them (chosen at
+// run time; the build targets x86-64-v3) unless this was set false, which tests do to
+// check the AVX2 tiles on an AVX-512 machine too.
+void attention_allow_avx512(bool allow);
 int64_t attention_workspace_floats(int64_t B, int64_t T, int64_t H, int64_t Dh, bool keep_probs);
 void attention_forward(float* out, float* scores, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Dh,
                        PrimitiveCache& cache, bool keep_probs = false);
