@@ -24,8 +24,9 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // One thread's scratch for one (image, head), every part a multiple of 16 floats (64 B):
 //   kt (Dh, Tp)     K transposed, columns T..Tp zero             Tp = T rounded up to 8
-//   vp (T, Dhp)     V with columns Dh..Dhp zero, only when Dh is not a multiple of 8 (else
-//                   V is read in place)                           Dhp = Dh rounded up to 8
+//   vp (T, Dhp)     V packed, columns Dh..Dhp zero                Dhp = Dh rounded up to 8
+//                   (read in place at row stride 3D, V's T rows span up to T pages, more
+//                   than the L1 TLB holds, and every tile of query rows walks all of them)
 //   p  (kRows, Tp)  one tile of score rows, then their exp(score - row max)
 struct FusedScratch {
   int64_t Tp, Dhp, kt_floats, vp_floats, p_floats;
@@ -33,7 +34,7 @@ struct FusedScratch {
       : Tp(round_up(T, kLanes)),
         Dhp(round_up(Dh, kLanes)),
         kt_floats(round_up(Dh * Tp, 16)),
-        vp_floats(Dh % kLanes ? round_up(T * Dhp, 16) : 0),
+        vp_floats(round_up(T * Dhp, 16)),
         p_floats(round_up(kRows * Tp, 16)) {}
   int64_t floats() const { return kt_floats + vp_floats + p_floats; }
 };
@@ -245,7 +246,7 @@ void attend_tile(bool wide, float* o, int64_t ldo, const float* q, int64_t ld, c
 
 // Query rows [i0, i1) of image b, head h:
 //   out[b*T + i, h*Dh : (h+1)*Dh] = softmax_j(q_i . k_j / sqrt(Dh)) V     for i in [i0, i1)
-// K transposed (and V padded when Dh is not a multiple of 8) into scratch once, then
+// K transposed and V packed into scratch once, then
 // tiles of kRows query rows.
 void attend_rows(bool wide, float* out, const float* qkv, int64_t b, int64_t h, int64_t i0, int64_t i1, int64_t B,
                  int64_t T, int64_t H, int64_t Dh, const FusedScratch& s, float* scratch) {
@@ -257,11 +258,9 @@ void attend_rows(bool wide, float* out, const float* qkv, int64_t b, int64_t h, 
   float* vp = kt + s.kt_floats;
   float* p = vp + s.vp_floats;
   transpose_keys(kt, Tp, k, ld, T, Dh);
-  int64_t ldv = ld;
-  if (s.vp_floats) {
-    for (int64_t j = 0; j < T; ++j)
-      for (int64_t d = 0; d < s.Dhp; ++d) vp[j * s.Dhp + d] = d < Dh ? v[j * ld + d] : 0.0f;
-    v = vp, ldv = s.Dhp;
+  for (int64_t j = 0; j < T; ++j) {
+    std::copy(v + j * ld, v + j * ld + Dh, vp + j * s.Dhp);
+    std::fill(vp + j * s.Dhp + Dh, vp + (j + 1) * s.Dhp, 0.0f);
   }
   // The same head's rows of the next image come H pairs later: the thread's pairs are
   // contiguous (static schedule). Prefetching them while this pair computes hides the
@@ -276,10 +275,10 @@ void attend_rows(bool wide, float* out, const float* qkv, int64_t b, int64_t h, 
           for (int64_t d = 0; d < Dh + 16; d += 16)
             _mm_prefetch(reinterpret_cast<const char*>(next + r * ld + c + std::min(d, Dh - 1)), _MM_HINT_T0);
     switch (std::min<int64_t>(kRows, i1 - i)) {
-      case 4: attend_tile<4>(wide, o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
-      case 3: attend_tile<3>(wide, o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
-      case 2: attend_tile<2>(wide, o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
-      default: attend_tile<1>(wide, o, D, qi, ld, kt, v, ldv, p, T, Tp, Dh, s.Dhp); break;
+      case 4: attend_tile<4>(wide, o, D, qi, ld, kt, vp, s.Dhp, p, T, Tp, Dh, s.Dhp); break;
+      case 3: attend_tile<3>(wide, o, D, qi, ld, kt, vp, s.Dhp, p, T, Tp, Dh, s.Dhp); break;
+      case 2: attend_tile<2>(wide, o, D, qi, ld, kt, vp, s.Dhp, p, T, Tp, Dh, s.Dhp); break;
+      default: attend_tile<1>(wide, o, D, qi, ld, kt, vp, s.Dhp, p, T, Tp, Dh, s.Dhp); break;
     }
   }
 }
