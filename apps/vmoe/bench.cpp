@@ -54,7 +54,11 @@ Run add_bench(CLI::App& root) {
       nlohmann::json j{{"model", path},         {"batch", r.batch},
                        {"threads", threads},    {"iterations", r.iterations},
                        {"images_per_s", r.images_per_s}, {"gflops_per_image", r.gflops_per_image},
-                       {"gflops_per_s", r.gflops_per_s}, {"stage_ms_per_batch", stage_ms}};
+                       {"gflops_per_s", r.gflops_per_s}, {"gflops_per_image_capacity", r.gflops_per_image_capacity},
+                       {"gflops_per_s_capacity", r.gflops_per_s_capacity},
+                       {"expert_rows_per_image", r.expert_rows_per_image},
+                       {"expert_rows_per_image_capacity", r.expert_rows_per_image_capacity},
+                       {"stage_ms_per_batch", stage_ms}};
       if (ceiling) j["matmul_ceiling"] = {{"m", ceiling->m}, {"k", ceiling->k}, {"n", ceiling->n},
                                           {"gflops_per_s", ceiling->gflops_per_s}, {"impl", ceiling->impl}};
       fmt::print("{}\n", j.dump());
@@ -64,6 +68,12 @@ Run add_bench(CLI::App& root) {
     fmt::print("batch        {} images, {} threads, {} timed passes in {:.2f} s\n", r.batch, threads, r.iterations, r.seconds);
     fmt::print("throughput   {:.1f} images/s, {:.1f} GFLOP/s ({:.4f} GFLOPs per image)\n", r.images_per_s,
                r.gflops_per_s, r.gflops_per_image);
+    if (r.expert_rows_per_image_capacity > 0)
+      fmt::print("experts      {:.1f} routed rows per image processed of {:.1f} the capacity allows ({:.1f}%); "
+                 "with every slot used: {:.1f} GFLOP/s ({:.4f} GFLOPs per image)\n",
+                 r.expert_rows_per_image, r.expert_rows_per_image_capacity,
+                 100.0 * r.expert_rows_per_image / r.expert_rows_per_image_capacity, r.gflops_per_s_capacity,
+                 r.gflops_per_image_capacity);
     if (ceiling)
       fmt::print("ceiling      {:.1f} GFLOP/s on one {}x{}x{} matmul ({}): engine reaches {:.0f}%\n",
                  ceiling->gflops_per_s, ceiling->m, ceiling->k, ceiling->n, ceiling->impl,

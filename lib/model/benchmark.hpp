@@ -11,7 +11,13 @@ namespace vmoe {
 struct BenchResult {
   int batch = 0, iterations = 0;
   double seconds = 0;  // timed iterations only
+  // FLOPs count the routed expert rows actually processed (kept choices): a model that
+  // drops tokens does less work than its capacity allows.
   double images_per_s = 0, gflops_per_s = 0, gflops_per_image = 0;
+  // The cost model's count (model_cost: every expert slot used), as `vmoe info` prints it.
+  double gflops_per_s_capacity = 0, gflops_per_image_capacity = 0;
+  // Routed expert rows per image summed over MoE layers: processed, and the cost model's.
+  double expert_rows_per_image = 0, expert_rows_per_image_capacity = 0;
   StageTimes stages;  // summed over the timed iterations
   std::vector<std::string> primitives;  // "op shape: implementation" of every primitive created
 };

@@ -25,6 +25,7 @@ ModelCost model_cost(const ModelConfig& c, const MoeConfig* routing) {
     const MoeConfig& m = routing ? *routing : *c.moe;
     const int64_t S = int64_t{m.group_images} * c.num_tokens();
     const double rows = m.router->cost(cost, m, T, D, S, expert_params);  // expert rows per image
+    cost.expert_rows += rows;
     // Routed expert rows, plus every token through each shared expert.
     cost.flops_experts += 2 * 2 * (rows + T * m.num_shared_experts) * D * Me;
   }

@@ -10,6 +10,9 @@ namespace vmoe {
 struct ModelCost {
   int64_t params_total = 0;
   int64_t params_active = 0;  // what one token passes through (top-k: k experts per MoE layer)
+  // Routed expert rows per image summed over MoE layers, every slot used (the rows
+  // flops_experts counts besides the shared experts').
+  double expert_rows = 0;
   double flops_embedding = 0, flops_attention = 0, flops_router = 0, flops_experts = 0, flops_dense_mlp = 0,
          flops_head = 0;
   double flops_total() const {

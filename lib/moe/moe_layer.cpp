@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 
 #include "core/error.hpp"
 #include "moe/capacity.hpp"
@@ -48,10 +49,14 @@ void dispatch_run_combine(float* x, const float* h, int64_t N, int D, int M, int
                           MoeWorkspace& ws, nn::PrimitiveCache& cache, StageTimes* times) {
   int64_t total_rows = 0;
   for (int e = 0; e < E; ++e) total_rows += ws.rows_of_expert[e];
+  if (times) times->expert_rows += total_rows;
   {
     ScopedStage stage(times, &StageTimes::dispatch_combine);
-    float* in = ws.expert_in.reserve(std::max<int64_t>(total_rows, 1) * D);
-    ws.expert_out.reserve(std::max<int64_t>(total_rows, 1) * D);
+    // Sized for the most rows the plan can ever give this batch, so that layers and passes
+    // with more rows than the last never reallocate (and re-zero) the buffers.
+    const int64_t rows = std::max<int64_t>({total_rows, ws.max_rows, 1});
+    float* in = ws.expert_in.reserve(rows * D);
+    ws.expert_out.reserve(rows * D);
     gather_expert_rows(in, h, ws, D);
     bucket_by_token(ws, N);
   }
@@ -88,7 +93,7 @@ void run_experts(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, nn:
   const nn::Gemm& down = cache.gemm(s1);
   int64_t max_rows = 0;
   for (int e = 0; e < E; ++e) max_rows = std::max(max_rows, ws.rows_of_expert[e]);
-  float* hidden = ws.expert_hidden.reserve(max_rows * M);
+  float* hidden = ws.expert_hidden.reserve(std::max(max_rows, ws.max_expert_rows) * M);
   for (int e = 0; e < E; ++e) {
     const int64_t rows = ws.rows_of_expert[e];
     if (rows == 0) continue;
@@ -107,9 +112,19 @@ void gather_expert_rows(float* in, const float* h, const MoeWorkspace& ws, int D
 
 void bucket_by_token(MoeWorkspace& ws, int64_t N) {
   ws.token_begin.assign(N + 1, 0);
-  for (const auto& en : ws.entries) ++ws.token_begin[en.token + 1];
+  bool token_order = true;  // top-k plans list each token's entries together, tokens ascending
+  int64_t previous = 0;
+  for (const auto& en : ws.entries) {
+    ++ws.token_begin[en.token + 1];
+    token_order = token_order && en.token >= previous;
+    previous = en.token;
+  }
   for (int64_t n = 0; n < N; ++n) ws.token_begin[n + 1] += ws.token_begin[n];
   ws.by_token.resize(ws.entries.size());
+  if (token_order) {  // what the counting sort below gives on entries already in token order
+    std::iota(ws.by_token.begin(), ws.by_token.end(), int64_t{0});
+    return;
+  }
   ws.cursor.assign(ws.token_begin.begin(), ws.token_begin.end() - 1);
   for (size_t i = 0; i < ws.entries.size(); ++i) ws.by_token[ws.cursor[ws.entries[i].token]++] = static_cast<int64_t>(i);
 }
@@ -122,6 +137,7 @@ void combine_expert_rows(float* x, const float* out, const MoeWorkspace& ws, int
       const auto& en = ws.entries[ws.by_token[i]];
       const float* y = out + en.row * D;
       const float g = en.weight;
+#pragma omp simd
       for (int d = 0; d < D; ++d) xr[d] += g * y[d];
     }
   }
@@ -203,7 +219,12 @@ void plan_routing(MoeWorkspace& ws, const float* gates, const float* learned, co
                   const float* select) {
   const auto groups = make_groups(sh.tokens, int64_t{moe.group_images} * sh.tokens_per_image);
   std::vector<int> capacity(groups.size());
-  for (size_t g = 0; g < groups.size(); ++g) capacity[g] = static_cast<int>(group_capacity(moe, groups[g].size));
+  ws.max_rows = 0, ws.max_expert_rows = 0;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    capacity[g] = static_cast<int>(group_capacity(moe, groups[g].size));
+    ws.max_rows += moe.router->max_rows(moe, groups[g].size);
+    ws.max_expert_rows += std::min<int64_t>(capacity[g], groups[g].size);
+  }
   ws.entries.clear();
   moe.router->plan(ws, gates, learned, moe.router->selection_bias() ? select : nullptr, groups, capacity, moe);
 }

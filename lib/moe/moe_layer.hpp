@@ -51,6 +51,10 @@ struct MoeWorkspace {
   std::vector<Entry> entries;
   std::vector<int64_t> by_token;  // indices of entries bucketed by token (CSR with token_begin (N+1))
   std::vector<int64_t> token_begin, cursor;
+  // Bounds of the last plan_routing whatever the gates: rows in all (the router's
+  // max_rows summed over groups) and rows of one expert (its capacity, at most S, summed
+  // over groups). The engine sizes its expert buffers by them once per batch size.
+  int64_t max_rows = 0, max_expert_rows = 0;
 };
 
 struct MoeShape {

@@ -110,6 +110,7 @@ class SoftRouter final : public Router {
       slots_to_expert_major(expert_in, slot_in, G, E, P, D);
     }
     ws.rows_of_expert.assign(E, G * P);
+    if (times) times->expert_rows += G * slots;
     ws.first_row.resize(E);
     for (int e = 0; e < E; ++e) ws.first_row[e] = int64_t{e} * G * P;
     {

@@ -19,8 +19,43 @@
 
 namespace vmoe {
 
+namespace {
+
+// Per-thread scratch of route_top_k, reused from group to group (the routers call it once
+// per group from an OpenMP loop, so no allocation per call).
+struct TopKScratch {
+  std::vector<int> ranked;  // (S, ranked) each token's experts, best first
+  std::vector<float> norm;  // (S) topk_softmax: 1 / sum of the token's top-k probabilities
+  std::vector<float> sorted;  // (E) priority sum_gates
+};
+TopKScratch& top_k_scratch() {
+  thread_local TopKScratch scratch;
+  return scratch;
+}
+
+// The first `count` experts of one token by score, descending, ties to the lower index:
+// exactly the prefix a stable sort of 0..E-1 by descending score gives. Insertion into a
+// list of at most `count`: an expert moves ahead only of strictly lower scores, and
+// experts come in index order, so among equal scores the lower index stays first.
+void rank_experts(int* top, const float* score, int E, int count) {
+  int n = 0;
+  for (int e = 0; e < E; ++e) {
+    const float v = score[e];
+    if (n == count) {
+      if (!(v > score[top[n - 1]])) continue;  // not better than the last kept: out
+      --n;  // the last kept one falls out
+    }
+    int pos = n++;
+    for (; pos > 0 && v > score[top[pos - 1]]; --pos) top[pos] = top[pos - 1];
+    top[pos] = e;
+  }
+}
+
+}  // namespace
+
 void priority_scores(float* out, const float* probs, const float* learned, int S, int E, int k, Priority priority) {
-  std::vector<float> sorted(E);
+  std::vector<float>& sorted = top_k_scratch().sorted;
+  sorted.resize(E);
   for (int t = 0; t < S; ++t) {
     const float* p = probs + static_cast<size_t>(t) * E;
     switch (priority) {
@@ -62,22 +97,23 @@ void route_top_k(TopKRouting& out, const float* probs, const float* learned, int
   out.gate.assign(static_cast<size_t>(S) * k, 0.0f);
   out.slot.assign(static_cast<size_t>(S) * k, -1);
   out.expert_load.assign(E, 0);
-  // Experts of each token by probability, descending; stable so ties go to the lower
-  // index. Only the first k are needed unless overflow may walk further.
+  // Experts of each token by probability, descending, ties to the lower index. Only the
+  // first k are needed unless overflow may walk further.
   const int ranked = o.overflow == Overflow::next ? E : k;
-  std::vector<int> by_prob(static_cast<size_t>(S) * ranked);
-  std::vector<int> idx(E);
-  std::vector<float> norm(S, 1.0f);  // topk_softmax: 1 / sum of the token's top-k probabilities
+  TopKScratch& scratch = top_k_scratch();
+  std::vector<int>& by_prob = scratch.ranked;
+  by_prob.resize(static_cast<size_t>(S) * ranked);
+  std::vector<float>& norm = scratch.norm;
+  norm.assign(S, 1.0f);
   for (int t = 0; t < S; ++t) {
     const float* p = probs + static_cast<size_t>(t) * E;
     const float* rank = o.select ? o.select + static_cast<size_t>(t) * E : p;  // balance "bias": logits + bias
-    std::iota(idx.begin(), idx.end(), 0);
-    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return rank[a] > rank[b]; });
-    std::copy(idx.begin(), idx.begin() + ranked, by_prob.begin() + static_cast<size_t>(t) * ranked);
+    int* top = by_prob.data() + static_cast<size_t>(t) * ranked;
+    rank_experts(top, rank, E, ranked);
     double sum = 0;
     for (int r = 0; r < k; ++r) {
-      out.choice[t * k + r] = idx[r];
-      sum += p[idx[r]];
+      out.choice[t * k + r] = top[r];
+      sum += p[top[r]];
     }
     if (o.gating == Gating::topk_softmax && sum > 0) norm[t] = static_cast<float>(1.0 / sum);
   }
@@ -177,11 +213,20 @@ class TopKRouter final : public DenseGateRouter {
                   static_cast<int>(groups[g].size), E, o);
     }
     std::vector<int64_t> load(G * E);
-    for (size_t g = 0; g < G; ++g)
-      for (int e = 0; e < E; ++e) load[g * E + e] = ws.top_k[g].expert_load[e];
+    std::vector<int64_t> group_entries(G + 1, 0);  // entries of groups before g (prefix sums)
+    for (size_t g = 0; g < G; ++g) {
+      int64_t kept = 0;
+      for (int e = 0; e < E; ++e) kept += load[g * E + e] = ws.top_k[g].expert_load[e];
+      group_entries[g + 1] = group_entries[g] + kept;
+    }
     plan_rows(ws, load, G, E);
+    // The entries in (group, token, rank) order, each group filling its own range.
+    ws.entries.resize(group_entries[G]);
+#pragma omp parallel for schedule(static)
     for (size_t g = 0; g < G; ++g) {
       const TopKRouting& r = ws.top_k[g];
+      MoeWorkspace::Entry* out = ws.entries.data() + group_entries[g];
+      const int64_t* base = ws.group_expert_base.data() + g * E;
       for (int64_t t = 0; t < groups[g].size; ++t) {
         const int64_t n = groups[g].first + t;
         const float scale = learned ? learned_output_scale(learned[n]) : 1.0f;
@@ -190,7 +235,7 @@ class TopKRouter final : public DenseGateRouter {
           if (slot < 0) continue;
           const int e = r.expert[t * k + q];
           const float gate = r.gate[t * k + q];
-          ws.entries.push_back({n, ws.group_expert_base[g * E + e] + slot, gate * scale, gate, e});
+          *out++ = {n, base[e] + slot, gate * scale, gate, e};
         }
       }
     }
