@@ -191,6 +191,91 @@ TopK top_k(const float* gates, int S, int E, int k, int capacity, bool bpr, cons
   return r;
 }
 
+TopKFull top_k_full(const float* probs, const float* learned, int S, int E, const TopKRules& o) {
+  const int k = o.k;
+  TopKFull r;
+  r.choice.assign(static_cast<size_t>(S) * k, -1);
+  r.gate.assign(static_cast<size_t>(S) * k, 0.0f);
+  r.slot.assign(static_cast<size_t>(S) * k, -1);
+  r.load.assign(E, 0);
+  r.priority.assign(S, 0.0f);
+  // Every expert of every token ranked by the selection scores: repeated argmax, the
+  // lower index winning ties.
+  std::vector<std::vector<int>> ranked(S);
+  std::vector<float> norm(S, 1.0f);
+  for (int t = 0; t < S; ++t) {
+    const float* p = probs + static_cast<size_t>(t) * E;
+    const float* score = o.select ? o.select + static_cast<size_t>(t) * E : p;
+    std::vector<bool> used(E, false);
+    for (int q = 0; q < E; ++q) {
+      int best = -1;
+      for (int e = 0; e < E; ++e)
+        if (!used[e] && (best == -1 || score[e] > score[best])) best = e;
+      used[best] = true;
+      ranked[t].push_back(best);
+    }
+    double sum = 0;
+    for (int q = 0; q < k; ++q) {
+      r.choice[t * k + q] = ranked[t][q];
+      sum += p[ranked[t][q]];
+    }
+    if (o.topk_softmax && sum > 0) norm[t] = static_cast<float>(1.0 / sum);
+    // Priority score (ROUTING.md 4.1), always from the probabilities.
+    switch (o.priority) {
+      case vmoe::Priority::max_gate: r.priority[t] = *std::max_element(p, p + E); break;
+      case vmoe::Priority::sum_gates: {
+        std::vector<float> sorted(p, p + E);
+        std::sort(sorted.begin(), sorted.end(), std::greater<>());
+        float s = 0;
+        for (int q = 0; q < k; ++q) s += sorted[q];
+        r.priority[t] = s;
+        break;
+      }
+      case vmoe::Priority::entropy: {
+        double h = 0;
+        for (int e = 0; e < E; ++e)
+          if (p[e] > 0) h -= double{p[e]} * std::log(double{p[e]});
+        r.priority[t] = static_cast<float>(-h);
+        break;
+      }
+      case vmoe::Priority::random: {
+        uint64_t z = static_cast<uint64_t>(t) + 0x9e3779b97f4a7c15ULL;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        r.priority[t] = static_cast<float>((z ^ (z >> 31)) >> 40) / static_cast<float>(1 << 24);
+        break;
+      }
+      case vmoe::Priority::learned: r.priority[t] = learned[t]; break;
+    }
+  }
+  // Order: position, or priority descending with equal scores in position order.
+  for (int t = 0; t < S; ++t) {
+    size_t pos = r.order.size();
+    while (o.bpr && pos > 0 && r.priority[r.order[pos - 1]] < r.priority[t]) --pos;
+    r.order.insert(r.order.begin() + static_cast<long>(pos), t);
+  }
+  r.expert = r.choice;
+  auto holds = [&](int t, int e, int upto) {
+    for (int q = 0; q < upto; ++q)
+      if (r.slot[t * k + q] >= 0 && r.expert[t * k + q] == e) return true;
+    return false;
+  };
+  auto has_room = [&](int t, int e, int q) { return r.load[e] < o.capacity && !holds(t, e, q); };
+  for (int q = 0; q < k; ++q)
+    for (int t : r.order) {
+      int e = r.choice[t * k + q];
+      bool room = has_room(t, e, q);
+      // overflow next: the token's later-ranked experts, in order, first one with room.
+      for (int later = q + 1; o.overflow_next && !room && later < E; ++later)
+        if (has_room(t, ranked[t][later], q)) e = ranked[t][later], room = true;
+      r.gate[t * k + q] = probs[static_cast<size_t>(t) * E + e] * norm[t];
+      if (!room) continue;
+      r.expert[t * k + q] = e;
+      r.slot[t * k + q] = r.load[e]++;
+    }
+  return r;
+}
+
 ExpertsChoice experts_choice(const float* gates, int S, int E, int capacity) {
   ExpertsChoice r;
   r.capacity = std::min(capacity, S);

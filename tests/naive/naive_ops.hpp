@@ -62,6 +62,26 @@ struct TopK {
 // when given, ranks the experts instead of the gates (balance "bias"); gates stay gates.
 TopK top_k(const float* gates, int S, int E, int k, int capacity, bool bpr, const float* select = nullptr);
 
+// Top-k with every option of docs/ROUTING.md section 4: the priority scorers, gating
+// topk_softmax, overflow next, the balance-bias select. `learned` (S): the learned scorer.
+struct TopKFull {
+  std::vector<int> choice, expert;  // (S, k)
+  std::vector<float> gate;  // (S, k)
+  std::vector<int> slot;  // (S, k), -1 dropped
+  std::vector<float> priority;  // (S)
+  std::vector<int> order;  // (S)
+  std::vector<int> load;  // (E)
+};
+struct TopKRules {
+  int k = 2, capacity = 1;
+  bool bpr = true;
+  vmoe::Priority priority = vmoe::Priority::max_gate;
+  bool topk_softmax = false;  // gating: renormalise the kept weights over the top-k
+  bool overflow_next = false;
+  const float* select = nullptr;  // (S, E) or null
+};
+TopKFull top_k_full(const float* probs, const float* learned, int S, int E, const TopKRules& rules);
+
 struct ExpertsChoice {
   int capacity = 0;  // min(capacity, S)
   std::vector<int> token;  // (E, c) in descending gate order, ties to the lower token

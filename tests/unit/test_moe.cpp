@@ -98,6 +98,57 @@ TEST_CASE("route_top_k matches the naive router", "[moe][top_k]") {
   CHECK(r.expert_load == want.load);
 }
 
+// route_top_k ranks experts by insertion into per-thread scratch; the twin ranks every
+// expert by repeated argmax. Every option of ROUTING.md section 4, with ties in the gates,
+// the selection scores and the priorities.
+TEST_CASE("route_top_k matches the naive twin under every option", "[moe][top_k]") {
+  const int S = GENERATE(1, 7, 50, 101);
+  const int E = GENERATE(1, 3, 8, 32);
+  const int k = GENERATE(1, 2, 3);
+  const bool ties = GENERATE(false, true);
+  const bool biased = GENERATE(false, true);
+  if (k > E) return;
+  const uint64_t seed = 7000 + S * 31 + E * 7 + k + 2 * ties + biased;
+  auto probs = make_gates(S, E, seed, ties);
+  // Learned scores and balance-bias selection scores, coarse under `ties` so that equal
+  // values are common.
+  auto learned = testutil::random_normal(S, seed + 1);
+  auto select = testutil::random_normal(static_cast<size_t>(S) * E, seed + 2);
+  if (ties) {
+    for (float& v : learned) v = std::round(v * 2) / 2;
+    for (float& v : select) v = std::round(v * 2) / 2;
+  }
+  for (double factor : {0.25, 1.05, 0.0}) {  // 0: dropless (c = S)
+    const int c = factor > 0 ? top_k_capacity(S, E, k, factor) : S;
+    for (bool bpr : {false, true})
+      for (Priority priority : {Priority::max_gate, Priority::sum_gates, Priority::entropy, Priority::random,
+                                Priority::learned})
+        for (Gating gating : {Gating::softmax_topk, Gating::topk_softmax})
+          for (Overflow overflow : {Overflow::drop, Overflow::next}) {
+            TopKOptions o;
+            o.k = k, o.capacity = c, o.batch_priority = bpr, o.priority = priority, o.gating = gating;
+            o.overflow = overflow, o.select = biased ? select.data() : nullptr;
+            TopKRouting r;
+            route_top_k(r, probs.data(), learned.data(), S, E, o);
+            naive::TopKRules rules;
+            rules.k = k, rules.capacity = c, rules.bpr = bpr, rules.priority = priority;
+            rules.topk_softmax = gating == Gating::topk_softmax, rules.overflow_next = overflow == Overflow::next;
+            rules.select = o.select;
+            const naive::TopKFull want = naive::top_k_full(probs.data(), learned.data(), S, E, rules);
+            INFO("S " << S << " E " << E << " k " << k << " c " << c << " bpr " << bpr << " priority "
+                      << to_string(priority) << " gating " << to_string(gating) << " overflow "
+                      << to_string(overflow) << " ties " << ties << " biased " << biased);
+            CHECK(r.choice == want.choice);
+            CHECK(r.expert == want.expert);
+            CHECK(r.gate == want.gate);
+            CHECK(r.slot == want.slot);
+            CHECK(r.priority == want.priority);
+            CHECK(r.order == want.order);
+            CHECK(r.expert_load == want.load);
+          }
+  }
+}
+
 TEST_CASE("top-k routing invariants", "[moe][top_k]") {
   const int S = GENERATE(7, 50, 200);
   const int E = GENERATE(2, 8, 16);
@@ -184,6 +235,79 @@ TEST_CASE("top-k routing invariants", "[moe][top_k]") {
         else CHECK_FALSE(dropped_before);
       }
     }
+  }
+}
+
+// plan_routing fills the entries group by group in parallel and bucket_by_token skips its
+// sort when the entries are already in token order: both against the serial walk.
+TEST_CASE("plan_routing entries and bucket_by_token match the serial walk", "[moe][plan]") {
+  const Router* router = GENERATE(&vmoe::find_router("top_k"), &vmoe::find_router("experts_choice"));
+  const auto [B, T] = GENERATE(std::pair{1, 17}, std::pair{5, 7}, std::pair{9, 50});
+  const int group_images = GENERATE(1, 2);
+  const double factor = GENERATE(0.5, 1.05);
+  const bool learned = GENERATE(false, true);
+  const Overflow overflow = GENERATE(Overflow::drop, Overflow::next);
+  if (router != &vmoe::find_router("top_k") && (learned || overflow == Overflow::next)) return;
+  MoeConfig moe;
+  moe.router = router;
+  moe.num_experts = 8, moe.k = 2, moe.capacity_factor = factor, moe.group_images = group_images;
+  moe.overflow = overflow;
+  if (learned) moe.priority = Priority::learned;
+  const int E = moe.num_experts, k = moe.k;
+  const int64_t N = int64_t{B} * T;
+  const uint64_t seed = 9000 + B * 100 + T + group_images;
+  auto gates = make_gates(static_cast<int>(N), E, seed, false);
+  auto scores = testutil::random_normal(N, seed + 1);
+  MoeWorkspace ws;
+  for (int pass = 0; pass < 2; ++pass) {  // the second reuses the workspace
+    plan_routing(ws, gates.data(), learned ? scores.data() : nullptr, MoeShape{N, T, 16, 16}, moe);
+    bucket_by_token(ws, N);
+    const auto groups = make_groups(N, int64_t{group_images} * T);
+    INFO("router " << router->name() << " B " << B << " T " << T << " group " << group_images << " factor "
+                   << factor << " learned " << learned << " overflow " << to_string(overflow) << " pass " << pass);
+    if (router == &vmoe::find_router("top_k")) {
+      // Rows expert-major: expert e's rows of group g follow those of groups before g.
+      std::vector<int64_t> rows_before(groups.size() * E, 0), total(E, 0);
+      for (int e = 0; e < E; ++e)
+        for (size_t g = 0; g < groups.size(); ++g) {
+          rows_before[g * E + e] = total[e];
+          total[e] += ws.top_k[g].expert_load[e];
+        }
+      int64_t first = 0;
+      std::vector<int64_t> first_row(E);
+      for (int e = 0; e < E; ++e) first_row[e] = first, first += total[e];
+      std::vector<MoeWorkspace::Entry> want;
+      for (size_t g = 0; g < groups.size(); ++g) {
+        const TopKRouting& r = ws.top_k[g];
+        for (int64_t t = 0; t < groups[g].size; ++t)
+          for (int q = 0; q < k; ++q) {
+            if (r.slot[t * k + q] < 0) continue;
+            const int64_t n = groups[g].first + t;
+            const int e = r.expert[t * k + q];
+            const float gate = r.gate[t * k + q];
+            const float scale = learned ? 2.0f / (1.0f + std::exp(-scores[n])) : 1.0f;
+            want.push_back({n, first_row[e] + rows_before[g * E + e] + r.slot[t * k + q], gate * scale, gate, e});
+          }
+      }
+      REQUIRE(ws.entries.size() == want.size());
+      for (size_t i = 0; i < want.size(); ++i) {
+        INFO("entry " << i);
+        CHECK(ws.entries[i].token == want[i].token);
+        CHECK(ws.entries[i].row == want[i].row);
+        CHECK(ws.entries[i].weight == want[i].weight);
+        CHECK(ws.entries[i].gate == want[i].gate);
+        CHECK(ws.entries[i].expert == want[i].expert);
+      }
+    }
+    // The entries of each token, in plan order.
+    std::vector<int64_t> begin{0}, by_token;
+    for (int64_t n = 0; n < N; ++n) {
+      for (size_t i = 0; i < ws.entries.size(); ++i)
+        if (ws.entries[i].token == n) by_token.push_back(static_cast<int64_t>(i));
+      begin.push_back(static_cast<int64_t>(by_token.size()));
+    }
+    CHECK(ws.token_begin == begin);
+    CHECK(ws.by_token == by_token);
   }
 }
 
