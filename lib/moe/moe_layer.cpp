@@ -225,7 +225,6 @@ void plan_routing(MoeWorkspace& ws, const float* gates, const float* learned, co
     ws.max_rows += moe.router->max_rows(moe, groups[g].size);
     ws.max_expert_rows += std::min<int64_t>(capacity[g], groups[g].size);
   }
-  ws.entries.clear();
   moe.router->plan(ws, gates, learned, moe.router->selection_bias() ? select : nullptr, groups, capacity, moe);
 }
 

@@ -97,7 +97,7 @@ class Router {
   virtual void forward(float* x, const float* h, const MoeShape& shape, const MoeConfig& m, const MoeWeights& w,
                        MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times) const;
   // Token routers: routes each group on gates (N, E) (`learned` (N) the learned scorer
-  // or null) and fills ws.entries and the expert-major rows (plan_rows). `select` (N, E)
+  // or null) and replaces ws.entries and the expert-major rows (plan_rows). `select` (N, E)
   // or null: the scores the experts are chosen by instead of the gates (balance "bias":
   // logits + bias, noisy logits in training); only routers with selection_bias() get one.
   virtual void plan(MoeWorkspace& ws, const float* gates, const float* learned, const float* select,

@@ -87,6 +87,7 @@ class ExpertsChoiceRouter final : public DenseGateRouter {
     for (size_t g = 0; g < G; ++g)
       for (int e = 0; e < E; ++e) load[g * E + e] = ws.experts_choice[g].capacity;
     plan_rows(ws, load, G, E);
+    ws.entries.clear();
     for (size_t g = 0; g < G; ++g) {
       const ExpertsChoiceRouting& r = ws.experts_choice[g];
       for (int e = 0; e < E; ++e)

@@ -4,6 +4,7 @@
 // dropless. The routing decisions (route_top_k) are declared in routers.hpp.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include <fmt/format.h>
@@ -27,17 +28,46 @@ struct TopKScratch {
   std::vector<int> ranked;  // (S, ranked) each token's experts, best first
   std::vector<float> norm;  // (S) topk_softmax: 1 / sum of the token's top-k probabilities
   std::vector<float> sorted;  // (E) priority sum_gates
+  std::vector<uint64_t> order_keys;  // (S) BPR sort keys
 };
 TopKScratch& top_k_scratch() {
   thread_local TopKScratch scratch;
   return scratch;
 }
 
+// An unsigned key that sorts floats ascending; floats that compare equal get equal keys
+// (-0 is made +0 first).
+uint32_t ascending_key(float score) {
+  const float v = score + 0.0f;  // -0 + 0 = +0
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+}
+
 // The first `count` experts of one token by score, descending, ties to the lower index:
-// exactly the prefix a stable sort of 0..E-1 by descending score gives. Insertion into a
-// list of at most `count`: an expert moves ahead only of strictly lower scores, and
-// experts come in index order, so among equal scores the lower index stays first.
+// exactly the prefix a stable sort of 0..E-1 by descending score gives.
 void rank_experts(int* top, const float* score, int E, int count) {
+  if (count <= 3) {
+    // A few choices (k, overflow drop): each expert gets one integer key, its score's bits
+    // above its inverted index, so that larger keys are better experts and no two are
+    // equal. One pass keeps the `count` largest, best first, each key passing down the
+    // list by max/min: conditional moves, not the hard-to-predict branches of comparing
+    // floats.
+    uint64_t best[3] = {0, 0, 0};  // below every key
+    for (int e = 0; e < E; ++e) {
+      uint64_t key = uint64_t{ascending_key(score[e])} << 32 | (0xffffffffu - static_cast<uint32_t>(e));
+      for (int q = 0; q < 3; ++q) {  // always 3: the list stays in registers
+        const bool above = key > best[q];
+        const uint64_t larger = above ? key : best[q];
+        key = above ? best[q] : key;
+        best[q] = larger;
+      }
+    }
+    for (int q = 0; q < count; ++q) top[q] = static_cast<int>(0xffffffffu - static_cast<uint32_t>(best[q]));
+    return;
+  }
+  // Insertion into a list of at most `count`: an expert moves ahead only of strictly
+  // lower scores, and experts come in index order, so among equals the lower index stays first.
   int n = 0;
   for (int e = 0; e < E; ++e) {
     const float v = score[e];
@@ -50,6 +80,9 @@ void rank_experts(int* top, const float* score, int E, int count) {
     top[pos] = e;
   }
 }
+
+// An unsigned key that sorts floats descending: larger scores get smaller keys.
+uint32_t descending_key(float score) { return ~ascending_key(score); }
 
 }  // namespace
 
@@ -122,8 +155,15 @@ void route_top_k(TopKRouting& out, const float* probs, const float* learned, int
   priority_scores(out.priority.data(), probs, learned, S, E, k, o.priority);
   out.order.resize(S);
   std::iota(out.order.begin(), out.order.end(), 0);
-  if (o.batch_priority)
-    std::stable_sort(out.order.begin(), out.order.end(), [&](int a, int b) { return out.priority[a] > out.priority[b]; });
+  if (o.batch_priority) {
+    // Stable sort by priority, descending: one integer key per token, (score descending,
+    // position ascending), so a plain sort gives the stable order without a merge buffer.
+    std::vector<uint64_t>& keys = scratch.order_keys;
+    keys.resize(S);
+    for (int t = 0; t < S; ++t) keys[t] = uint64_t{descending_key(out.priority[t])} << 32 | static_cast<uint32_t>(t);
+    std::sort(keys.begin(), keys.end());
+    for (int t = 0; t < S; ++t) out.order[t] = static_cast<int>(keys[t] & 0xffffffffu);
+  }
   auto holds = [&](int t, int e, int upto) {
     for (int q = 0; q < upto; ++q)
       if (out.slot[t * k + q] >= 0 && out.expert[t * k + q] == e) return true;
@@ -220,7 +260,8 @@ class TopKRouter final : public DenseGateRouter {
       group_entries[g + 1] = group_entries[g] + kept;
     }
     plan_rows(ws, load, G, E);
-    // The entries in (group, token, rank) order, each group filling its own range.
+    // The entries in (group, token, rank) order, each group filling its own range (every
+    // one is written: no clearing).
     ws.entries.resize(group_entries[G]);
 #pragma omp parallel for schedule(static)
     for (size_t g = 0; g < G; ++g) {
