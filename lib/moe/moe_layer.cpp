@@ -105,9 +105,17 @@ void run_experts(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, nn:
 
 void gather_expert_rows(float* in, const float* h, const MoeWorkspace& ws, int D) {
   const int64_t count = static_cast<int64_t>(ws.entries.size());
+  // The rows written are scattered over the expert-major input: claim those of an entry
+  // a few ahead while copying this one.
+  constexpr int64_t ahead = 8;
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < count; ++i)
+  for (int64_t i = 0; i < count; ++i) {
+    if (i + ahead < count) {
+      const char* row = reinterpret_cast<const char*>(in + ws.entries[i + ahead].row * D);
+      for (int64_t byte = 0; byte < int64_t{D} * 4; byte += 64) __builtin_prefetch(row + byte, 1);
+    }
     std::memcpy(in + ws.entries[i].row * D, h + ws.entries[i].token * D, sizeof(float) * D);
+  }
 }
 
 void bucket_by_token(MoeWorkspace& ws, int64_t N) {
@@ -130,8 +138,16 @@ void bucket_by_token(MoeWorkspace& ws, int64_t N) {
 }
 
 void combine_expert_rows(float* x, const float* out, const MoeWorkspace& ws, int64_t N, int D) {
+  // The rows a token reads are scattered over the expert-major output: fetch those of a
+  // token a few ahead while adding this one's.
+  constexpr int64_t ahead = 4;
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
+    if (n + ahead < N)
+      for (int64_t i = ws.token_begin[n + ahead]; i < ws.token_begin[n + ahead + 1]; ++i) {
+        const char* row = reinterpret_cast<const char*>(out + ws.entries[ws.by_token[i]].row * D);
+        for (int64_t byte = 0; byte < int64_t{D} * 4; byte += 64) __builtin_prefetch(row + byte);
+      }
     float* xr = x + n * D;
     for (int64_t i = ws.token_begin[n]; i < ws.token_begin[n + 1]; ++i) {
       const auto& en = ws.entries[ws.by_token[i]];
