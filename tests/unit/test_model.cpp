@@ -12,6 +12,7 @@
 #include "core/error.hpp"
 #include "io/config_json.hpp"
 #include "model/architectures.hpp"
+#include "model/cost.hpp"
 #include "model/engine.hpp"
 #include "model/params.hpp"
 #include "naive/naive_ops.hpp"
@@ -186,6 +187,45 @@ TEST_CASE("capacity factor 0.25 drops tokens and still matches naive", "[model]"
           check_against_naive(model, 3, o, 37, &dropped);
           CHECK(dropped > 0.0);
         }
+      }
+    }
+  }
+}
+
+// `vmoe bench` computes GFLOP/s from the routed rows the engine counts; the count must be
+// the kept choices (top-k), the experts' picks (experts-choice) or every slot (Soft-MoE),
+// and never more than the cost model's capacity-bound rows.
+TEST_CASE("the engine counts the routed expert rows it processes", "[model][bench]") {
+  for (const char* name : {"vmoe-fmnist", "ec-fmnist", "softmoe-fmnist"}) {
+    for (double factor : {0.25, 1.05}) {
+      DYNAMIC_SECTION(name << " factor " << factor) {
+        Model model = make_model(arch(name), 43);
+        const ModelConfig& c = model.config;
+        RoutingOverrides o;
+        if (c.moe->router != &vmoe::find_router("soft")) o.capacity_factor = factor;
+        Engine engine(model);
+        engine.set_routing(o);
+        const int B = 3;
+        auto images = random_images(c, B, 47);
+        std::vector<float> logits(static_cast<size_t>(B) * c.num_classes);
+        RoutingTrace trace;
+        StageTimes times;
+        engine.forward(logits.data(), images.data(), B, &trace, &times);
+        int64_t want = 0;
+        for (const MoeLayerTrace& t : trace.layers) {
+          if (t.router == &vmoe::find_router("soft")) {
+            want += int64_t{B} / t.group_images * t.num_experts * t.slots_per_expert;
+            continue;
+          }
+          for (int taken : t.times_taken) want += taken;
+        }
+        CHECK(times.expert_rows == want);
+        const double capacity_rows = model_cost(c, engine.routing()).expert_rows * B;
+        CHECK(times.expert_rows <= capacity_rows + 1e-9);
+        if (factor == 0.25 && c.moe->router == &vmoe::find_router("top_k")) CHECK(times.expert_rows < capacity_rows);
+        StageTimes again;  // the count is per call: a second pass adds the same
+        engine.forward(logits.data(), images.data(), B, nullptr, &again);
+        CHECK(again.expert_rows == want);
       }
     }
   }
