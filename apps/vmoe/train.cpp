@@ -4,7 +4,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <pthread.h>
+
 #include <csignal>
+#include <thread>
 #include <filesystem>
 #include <fstream>
 
@@ -34,9 +37,25 @@ bool is_soft_moe(const MoeConfig& m) {
 
 std::atomic<bool> g_stop{false};  // set by SIGINT: stop between steps, keep the last checkpoint
 
-void on_interrupt(int signal) {
-  if (g_stop) cleanup_and_die(signal);  // a second Ctrl-C ends the process at once, temp files removed
-  g_stop = true;
+// SIGINT is blocked in every thread and taken by one watcher thread in sigwait: delivered
+// to a computing thread, it interrupted oneDNN's OpenMP waits mid-primitive and the run
+// could abort with a corrupted heap (docs/KNOWN_PROBLEMS.md: 4 of 12 interrupted runs with
+// 2 threads). Called before any OpenMP thread exists, so they all inherit the mask.
+void watch_interrupts() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::thread([set] {
+    int signal = 0;
+    while (sigwait(&set, &signal) == 0) {
+      if (g_stop) {  // a second Ctrl-C ends the process at once, temp files removed
+        pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+        cleanup_and_die(signal);
+      }
+      g_stop = true;
+    }
+  }).detach();
 }
 
 struct TrainArgs {
@@ -325,7 +344,7 @@ Run add_train(CLI::App& root) {
                  r.images_per_s, output);
       if (!log.empty()) append_log(log, r);
     };
-    std::signal(SIGINT, on_interrupt);
+    watch_interrupts();
     if (!a->resume.empty() && !a->init_from.empty()) throw UsageError("give --resume or --init-from, not both");
     // Refuse a device, FIFO, symlink or directory as output now, not after an epoch.
     check_output_path(a->output, "model");
