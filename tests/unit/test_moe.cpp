@@ -52,6 +52,19 @@ int residual_mismatches(const std::vector<float>& got, const std::vector<float>&
   return bad;
 }
 
+// A random MoE layer's tensors, the same draws for every layer test (seeds seed+1..seed+6).
+struct RandomMoeLayer {
+  std::vector<float> w0, b0, w1, b1, router, mu;  // (E, D, M) (E, M) (E, M, D) (E, D) (D, E) (D, E*P)
+};
+RandomMoeLayer random_moe_layer(int E, int D, int M, int P, uint64_t seed) {
+  return {testutil::random_normal(E * D * M, seed + 1, 1.0f / std::sqrt(float(D))),
+          testutil::random_normal(E * M, seed + 2, 0.1f),
+          testutil::random_normal(E * M * D, seed + 3, 1.0f / std::sqrt(float(M))),
+          testutil::random_normal(E * D, seed + 4, 0.1f),
+          testutil::random_normal(D * E, seed + 5, 1.0f),
+          testutil::random_normal(D * E * P, seed + 6, 1.0f / std::sqrt(float(D)))};
+}
+
 }  // namespace
 
 TEST_CASE("expert_capacity matches the naive rule", "[moe][capacity]") {
@@ -396,12 +409,7 @@ TEST_CASE("moe_forward matches the naive MoE layer for each router", "[moe][laye
   const int E = moe.num_experts, P = moe.slots_per_expert;
   const int64_t N = int64_t{B} * T;
   const uint64_t seed = 5000 + B * 100 + T * 10 + group_images;
-  auto w0 = testutil::random_normal(E * D * M, seed + 1, 1.0f / std::sqrt(float(D)));
-  auto b0 = testutil::random_normal(E * M, seed + 2, 0.1f);
-  auto w1 = testutil::random_normal(E * M * D, seed + 3, 1.0f / std::sqrt(float(M)));
-  auto b1 = testutil::random_normal(E * D, seed + 4, 0.1f);
-  auto router_w = testutil::random_normal(D * E, seed + 5, 1.0f);
-  auto mu = testutil::random_normal(D * E * P, seed + 6, 1.0f / std::sqrt(float(D)));
+  auto [w0, b0, w1, b1, router_w, mu] = random_moe_layer(E, D, M, P, seed);
   const float scale = 3.0f;
   std::vector<float> mu_ready(mu.size());
   soft_normalised_mu(mu_ready.data(), mu.data(), scale, D, E * P);
@@ -458,12 +466,7 @@ TEST_CASE("moe_forward with shared experts, expert_mlp_dim and a balance bias ma
   const int E = moe.num_experts, P = moe.slots_per_expert;
   const int64_t N = int64_t{B} * T;
   const uint64_t seed = 7000 + shared * 10 + bias * 2 + (router == &vmoe::find_router("soft"));
-  auto w0 = testutil::random_normal(E * D * M, seed + 1, 1.0f / std::sqrt(float(D)));
-  auto b0 = testutil::random_normal(E * M, seed + 2, 0.1f);
-  auto w1 = testutil::random_normal(E * M * D, seed + 3, 1.0f / std::sqrt(float(M)));
-  auto b1 = testutil::random_normal(E * D, seed + 4, 0.1f);
-  auto router_w = testutil::random_normal(D * E, seed + 5, 1.0f);
-  auto mu = testutil::random_normal(D * E * P, seed + 6, 1.0f / std::sqrt(float(D)));
+  auto [w0, b0, w1, b1, router_w, mu] = random_moe_layer(E, D, M, P, seed);
   auto balance = testutil::random_normal(E, seed + 7, 2.0f);  // large enough to change choices
   auto s0 = testutil::random_normal(std::max(shared, 1) * D * M, seed + 8, 1.0f / std::sqrt(float(D)));
   auto sb0 = testutil::random_normal(std::max(shared, 1) * M, seed + 9, 0.1f);
