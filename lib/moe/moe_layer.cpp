@@ -7,6 +7,7 @@
 
 #include "core/error.hpp"
 #include "moe/capacity.hpp"
+#include "nn/softmax_rows.hpp"
 
 namespace vmoe {
 
@@ -40,7 +41,7 @@ void router_gates(float* gates, float* select, const float* balance_bias, const 
   if (balance_bias)
     for (int64_t n = 0; n < N; ++n)
       for (int e = 0; e < E; ++e) select[n * E + e] = gates[n * E + e] + balance_bias[e];
-  cache.softmax(N, E).run(gates, gates);
+  nn::softmax_rows(gates, gates, N, E);
 }
 
 // Gathers each entry's token into its expert row, runs the experts, then
@@ -54,7 +55,7 @@ void dispatch_run_combine(float* x, const float* h, int64_t N, int D, int M, int
     ScopedStage stage(times, &StageTimes::dispatch_combine);
     // Sized for the most rows the plan can ever give this batch, so that layers and passes
     // with more rows than the last never reallocate (and re-zero) the buffers.
-    const int64_t rows = std::max<int64_t>({total_rows, ws.max_rows, 1});
+    const int64_t rows = std::max<int64_t>({total_rows, ws.max_rows, 1}) + kExpertRowSlack;
     float* in = ws.expert_in.reserve(rows * D);
     ws.expert_out.reserve(rows * D);
     gather_expert_rows(in, h, ws, D);
@@ -84,22 +85,33 @@ void run_shared_experts(float* x, const float* h, int64_t N, int D, int M, int s
 
 }  // namespace
 
+static int64_t padded_expert_rows(int64_t rows) {
+  if (rows < kExpertRowsFixedFrom) return rows;
+  return (rows + kExpertRowQuantum - 1) / kExpertRowQuantum * kExpertRowQuantum;
+}
+
+// out = GELU(in @ w0[e] + b0[e]) @ w1[e] + b1[e] per expert, in expert order. A padded
+// matmul reads up to kExpertRowQuantum - 1 rows past its expert's, i.e. the next experts'
+// input or the buffer's slack, and writes as many output rows past them, which the
+// experts after it then overwrite with their own (or nobody reads: the slack).
 void run_experts(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, nn::PrimitiveCache& cache) {
-  GemmSpec s0;
-  s0.runtime_m = true, s0.k = D, s0.n = M, s0.bias = true, s0.activation = w.gelu;
-  GemmSpec s1;
-  s1.runtime_m = true, s1.k = M, s1.n = D, s1.bias = true;
-  const nn::Gemm& up = cache.gemm(s0);
-  const nn::Gemm& down = cache.gemm(s1);
+  GemmSpec up;
+  up.k = D, up.n = M, up.bias = true, up.activation = w.gelu;
+  GemmSpec down;
+  down.k = M, down.n = D, down.bias = true;
   int64_t max_rows = 0;
-  for (int e = 0; e < E; ++e) max_rows = std::max(max_rows, ws.rows_of_expert[e]);
-  float* hidden = ws.expert_hidden.reserve(std::max(max_rows, ws.max_expert_rows) * M);
+  for (int e = 0; e < E; ++e) max_rows = std::max(max_rows, padded_expert_rows(ws.rows_of_expert[e]));
+  float* hidden = ws.expert_hidden.reserve(std::max(max_rows, padded_expert_rows(ws.max_expert_rows)) * M);
   for (int e = 0; e < E; ++e) {
     const int64_t rows = ws.rows_of_expert[e];
     if (rows == 0) continue;
-    const int64_t first = ws.first_row[e];
-    up.run(hidden, ws.expert_in.data() + first * D, w.w0 + int64_t{e} * D * M, w.b0 + int64_t{e} * M, rows);
-    down.run(ws.expert_out.data() + first * D, hidden, w.w1 + int64_t{e} * M * D, w.b1 + int64_t{e} * D, rows);
+    const float* in = ws.expert_in.data() + ws.first_row[e] * D;
+    float* out = ws.expert_out.data() + ws.first_row[e] * D;
+    const bool fixed = rows >= kExpertRowsFixedFrom;
+    up.runtime_m = down.runtime_m = !fixed;
+    up.m = down.m = fixed ? padded_expert_rows(rows) : 0;
+    cache.gemm(up).run(hidden, in, w.w0 + int64_t{e} * D * M, w.b0 + int64_t{e} * M, rows);
+    cache.gemm(down).run(out, hidden, w.w1 + int64_t{e} * M * D, w.b1 + int64_t{e} * D, rows);
   }
 }
 

@@ -84,6 +84,13 @@ inline float learned_output_scale(float s) { return 2.0f / (1.0f + std::exp(-s))
 void plan_rows(MoeWorkspace& ws, const std::vector<int64_t>& load, size_t G, int E);
 // Runs expert e's MLP on its rows ws.expert_in -> ws.expert_out:
 // out = GELU(in @ w0[e] + b0[e]) @ w1[e] + b1[e].
+// An expert with at least kExpertRowsFixedFrom rows runs as matmuls of a fixed row count,
+// its rows padded up to a multiple of kExpertRowQuantum: oneDNN 2.6 serves a fixed shape
+// with its brgemm kernel, which fuses bias and GELU almost for free, but rows given at run
+// time with gemm:jit, whose GELU pass cost a quarter of vmoe-fmnist's expert time. Fewer
+// rows run at their exact count (padding would waste more than the fusion saves). The
+// expert input and output buffers keep kExpertRowSlack rows beyond the last expert's.
+constexpr int64_t kExpertRowQuantum = 16, kExpertRowsFixedFrom = 64, kExpertRowSlack = kExpertRowQuantum;
 void run_experts(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, nn::PrimitiveCache& cache);
 
 // The token routers' dispatch and combine, shared by the engine and training (which

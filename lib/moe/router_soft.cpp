@@ -15,24 +15,31 @@
 #include "moe/router.hpp"
 #include "moe/routers.hpp"
 #include "moe/soft_moe.hpp"
+#include "nn/softmax_rows.hpp"
 
 namespace vmoe {
 
+// Both softmaxes run along the slots, which are contiguous: the combine row by row, the
+// dispatch as running per-slot maxima and sums down the group's tokens.
 void soft_dispatch_combine(float* dispatch, float* combine, const float* logits, int S, int slots) {
-  // combine: softmax over slots, per token (row).
+  nn::softmax_rows(combine, logits, S, slots);  // combine: softmax over slots, per token (row)
+  // dispatch: softmax over tokens, per slot (column).
+  std::vector<float> column_max(slots, -INFINITY), column_sum(slots, 0.0f);
+  float* m = column_max.data();
+  float* total = column_sum.data();
   for (int t = 0; t < S; ++t) {
     const float* l = logits + static_cast<size_t>(t) * slots;
-    float* c = combine + static_cast<size_t>(t) * slots;
-    float mx = *std::max_element(l, l + slots), sum = 0;
-    for (int s = 0; s < slots; ++s) sum += c[s] = std::exp(l[s] - mx);
-    for (int s = 0; s < slots; ++s) c[s] /= sum;
+    for (int s = 0; s < slots; ++s) m[s] = std::max(m[s], l[s]);
   }
-  // dispatch: softmax over tokens, per slot (column).
-  for (int s = 0; s < slots; ++s) {
-    float mx = -INFINITY, sum = 0;
-    for (int t = 0; t < S; ++t) mx = std::max(mx, logits[static_cast<size_t>(t) * slots + s]);
-    for (int t = 0; t < S; ++t) sum += dispatch[static_cast<size_t>(t) * slots + s] = std::exp(logits[static_cast<size_t>(t) * slots + s] - mx);
-    for (int t = 0; t < S; ++t) dispatch[static_cast<size_t>(t) * slots + s] /= sum;
+  for (int t = 0; t < S; ++t) {
+    float* d = dispatch + static_cast<size_t>(t) * slots;
+    nn::exp_shifted(d, logits + static_cast<size_t>(t) * slots, m, slots);
+    for (int s = 0; s < slots; ++s) total[s] += d[s];
+  }
+  for (int s = 0; s < slots; ++s) total[s] = 1.0f / total[s];
+  for (int t = 0; t < S; ++t) {
+    float* d = dispatch + static_cast<size_t>(t) * slots;
+    for (int s = 0; s < slots; ++s) d[s] *= total[s];
   }
 }
 
@@ -102,8 +109,8 @@ class SoftRouter final : public Router {
                               logits + groups[g].first * slots, static_cast<int>(groups[g].size), static_cast<int>(slots));
     }
     float* slot_in = ws.slot_in.reserve(G * slots * D);
-    float* expert_in = ws.expert_in.reserve(G * slots * D);
-    ws.expert_out.reserve(G * slots * D);
+    float* expert_in = ws.expert_in.reserve((G * slots + kExpertRowSlack) * D);
+    ws.expert_out.reserve((G * slots + kExpertRowSlack) * D);
     {
       ScopedStage stage(times, &StageTimes::dispatch_combine);
       soft_slot_inputs(slot_in, dispatch, h, groups, slots, D, cache);

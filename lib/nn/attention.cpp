@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "nn/exp_bounded.hpp"
+#include "nn/softmax_rows.hpp"
 
 namespace vmoe::nn {
 
@@ -302,7 +303,7 @@ void attention_keep_probs(float* out, float* probs, const float* qkv, int64_t B,
   pv.ldb = 3 * D, pv.batch_stride_b = Dh;
   pv.ldc = D, pv.batch_stride_c = Dh;
   cache.gemm(qk).run(probs, qkv, qkv + D);
-  cache.softmax(B * H * T, T).run(probs, probs);
+  softmax_rows(probs, probs, B * H * T, T);
   cache.gemm(pv).run(out, probs, qkv + 2 * D);
 }
 

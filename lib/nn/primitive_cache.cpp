@@ -39,10 +39,4 @@ const LayerNorm& PrimitiveCache::layer_norm(int64_t rows, int64_t cols, float ep
   return *slot;
 }
 
-const Softmax& PrimitiveCache::softmax(int64_t rows, int64_t cols) {
-  auto& slot = softmaxes_[{rows, cols, omp_get_max_threads()}];
-  if (!slot) slot = std::make_unique<Softmax>(rows, cols);
-  return *slot;
-}
-
 }  // namespace vmoe::nn

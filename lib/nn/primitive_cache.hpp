@@ -8,7 +8,7 @@
 #include <tuple>
 
 #include "nn/gemm.hpp"
-#include "nn/norm_softmax.hpp"
+#include "nn/layer_norm.hpp"
 
 namespace vmoe::nn {
 
@@ -16,15 +16,13 @@ class PrimitiveCache {
  public:
   const Gemm& gemm(const GemmSpec& spec);
   const LayerNorm& layer_norm(int64_t rows, int64_t cols, float eps);
-  const Softmax& softmax(int64_t rows, int64_t cols);
-  size_t size() const { return gemms_.size() + norms_.size() + softmaxes_.size(); }
+  size_t size() const { return gemms_.size() + norms_.size(); }
 
  private:
   using GemmKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool, bool, int64_t, int64_t, int64_t, int64_t,
                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, int, float, float, int>;
   std::map<GemmKey, std::unique_ptr<Gemm>> gemms_;
   std::map<std::tuple<int64_t, int64_t, float, int>, std::unique_ptr<LayerNorm>> norms_;
-  std::map<std::tuple<int64_t, int64_t, int>, std::unique_ptr<Softmax>> softmaxes_;
 };
 
 }  // namespace vmoe::nn

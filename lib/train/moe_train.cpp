@@ -10,6 +10,7 @@
 #include "moe/routers.hpp"
 #include "moe/soft_moe.hpp"
 #include "nn/gelu.hpp"
+#include "nn/softmax_rows.hpp"
 #include "train/grad_ops.hpp"
 
 namespace vmoe::train {
@@ -196,7 +197,7 @@ void MoeTrainLayer::forward(float* x, const float* h, const BlockParams& p, std:
     std::normal_distribution<float> normal(0.0f, static_cast<float>(sigma));
     for (int64_t i = 0; i < N * E; ++i) noisy_logits_[i] += normal(*noise);
   }
-  cache.softmax(N, E).run(gates_.data(), noisy_logits_.data());
+  nn::softmax_rows(gates_.data(), noisy_logits_.data(), N, E);
   const bool learned = moe_.priority == Priority::learned;
   if (learned) learned_priority(scores_.data(), h, p.priority_kernel.data(), p.priority_bias[0], N, static_cast<int>(D));
   // Balance "bias": the experts are chosen by logits + bias, the gates stay unbiased.

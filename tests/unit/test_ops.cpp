@@ -23,8 +23,9 @@
 #include "nn/context.hpp"
 #include "nn/gelu.hpp"
 #include "nn/gemm.hpp"
-#include "nn/norm_softmax.hpp"
+#include "nn/layer_norm.hpp"
 #include "nn/primitive_cache.hpp"
+#include "nn/softmax_rows.hpp"
 #include "nn/train_ops.hpp"
 
 using vmoe::nn::Activation;
@@ -308,8 +309,7 @@ TEST_CASE("PrimitiveCache creates each shape once", "[ops]") {
   s.n = 7;
   CHECK(&cache.gemm(s) != &a);
   CHECK(&cache.layer_norm(3, 8, 1e-6f) == &cache.layer_norm(3, 8, 1e-6f));
-  CHECK(&cache.softmax(3, 8) == &cache.softmax(3, 8));
-  CHECK(cache.size() == 4);
+  CHECK(cache.size() == 3);
 }
 
 // LayerNorm: the float32 mean of `cols` values carries an error up to cols * u * max|x|,
@@ -353,18 +353,18 @@ TEST_CASE("LayerNorm matches naive", "[ops][norm]") {
   }
 }
 
-// Softmax: exp is computed by a polynomial to a few ulp and the row sum of `cols` terms
-// in [0, 1] adds cols * u relative; outputs are <= 1.
-TEST_CASE("Softmax matches naive", "[ops][softmax]") {
-  const int64_t rows = GENERATE(1, 7, 150);
-  const int64_t cols = GENERATE(1, 2, 8, 50, 128);
+// softmax_rows: exp_bounded is within a few ulp and the row sum of `cols` terms in [0, 1]
+// adds cols * u relative; outputs are <= 1. Columns on both sides of the 8-lane width,
+// rows enough to take the threaded path, and a row whose terms underflow (spread 30).
+TEST_CASE("softmax_rows matches naive", "[ops][softmax]") {
+  const int64_t rows = GENERATE(1, 7, 150, 9000);
+  const int64_t cols = GENERATE(1, 2, 7, 8, 9, 50, 128);
   const float spread = GENERATE(1.0f, 30.0f);
   auto x = testutil::random_normal(rows * cols, 71 + rows * cols, spread, 3.0f);
   std::vector<float> y(rows * cols), ref(rows * cols);
-  vmoe::nn::Softmax softmax(rows, cols);
-  softmax.run(y.data(), x.data());
+  vmoe::nn::softmax_rows(y.data(), x.data(), rows, cols);
   naive::softmax_rows(ref.data(), x.data(), rows, cols);
-  INFO("rows " << rows << " cols " << cols << " spread " << spread << " impl " << softmax.impl());
+  INFO("rows " << rows << " cols " << cols << " spread " << spread);
   int bad = 0;
   for (int64_t i = 0; i < rows * cols; ++i)
     bad += !(std::fabs(double{y[i]} - ref[i]) <= (cols + 8) * kUnit * ref[i] + 1e-7);
@@ -375,7 +375,7 @@ TEST_CASE("Softmax matches naive", "[ops][softmax]") {
     CHECK(sum == Approx(1.0).margin((cols + 8) * kUnit));
   }
   SECTION("in place") {
-    softmax.run(x.data(), x.data());
+    vmoe::nn::softmax_rows(x.data(), x.data(), rows, cols);
     CHECK(testutil::max_abs_diff(x.data(), y.data(), x.size()) == 0.0);
   }
 }
@@ -545,12 +545,10 @@ TEST_CASE("PrimitiveCache keys primitives on the OpenMP thread count", "[ops][on
   omp_set_num_threads(1);
   const auto* one = &cache.gemm(s);
   const auto* norm_one = &cache.layer_norm(4, 8, 1e-6f);
-  const auto* softmax_one = &cache.softmax(4, 8);
   CHECK(&cache.gemm(s) == one);
   omp_set_num_threads(2);
   CHECK(&cache.gemm(s) != one);
   CHECK(&cache.layer_norm(4, 8, 1e-6f) != norm_one);
-  CHECK(&cache.softmax(4, 8) != softmax_one);
-  CHECK(cache.size() == 6);
+  CHECK(cache.size() == 4);
   omp_set_num_threads(saved);
 }

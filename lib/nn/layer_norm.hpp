@@ -1,6 +1,6 @@
 #pragma once
-// oneDNN layer normalisation and softmax over the last axis of a (rows, cols) buffer,
-// each one primitive created for its shape and reused.
+// oneDNN layer normalisation over the last axis of a (rows, cols) buffer, one primitive
+// created for its shape and reused. (Softmax is hand-written: nn/softmax_rows.hpp.)
 #include <cstdint>
 #include <string>
 
@@ -20,20 +20,6 @@ class LayerNorm {
   dnnl::memory::desc md_, param_md_;
   dnnl::layer_normalization_forward::primitive_desc pd_;
   dnnl::layer_normalization_forward primitive_;
-};
-
-// y[r, :] = softmax(x[r, :]) for rows of length cols, in place allowed.
-class Softmax {
- public:
-  Softmax() = default;
-  Softmax(int64_t rows, int64_t cols);
-  void run(float* y, const float* x) const;
-  std::string impl() const { return pd_ ? pd_.impl_info_str() : "none"; }
-
- private:
-  dnnl::memory::desc md_;
-  dnnl::softmax_forward::primitive_desc pd_;
-  dnnl::softmax_forward primitive_;
 };
 
 }  // namespace vmoe::nn

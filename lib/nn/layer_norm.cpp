@@ -1,4 +1,4 @@
-#include "nn/norm_softmax.hpp"
+#include "nn/layer_norm.hpp"
 
 #include <fmt/format.h>
 
@@ -31,25 +31,6 @@ void LayerNorm::run(float* y, const float* x, const float* scale, const float* b
                                   {DNNL_ARG_DST, dnnl::memory(md_, ctx.engine, y)},
                                   {DNNL_ARG_SCALE, dnnl::memory(param_md_, ctx.engine, const_cast<float*>(scale))},
                                   {DNNL_ARG_SHIFT, dnnl::memory(param_md_, ctx.engine, const_cast<float*>(bias))}});
-  ctx.stream.wait();
-}
-
-Softmax::Softmax(int64_t rows, int64_t cols) {
-  md_ = dnnl::memory::desc(dims{rows, cols}, dt::f32, tag::ab);
-  try {
-    dnnl::softmax_forward::desc desc(dnnl::prop_kind::forward_inference, md_, 1);
-    pd_ = dnnl::softmax_forward::primitive_desc(desc, context().engine);
-    primitive_ = dnnl::softmax_forward(pd_);
-  } catch (const dnnl::error& e) {
-    fail("oneDNN softmax {}x{} could not be created: {}", rows, cols, e.what());
-  }
-  record_primitive(fmt::format("softmax {}x{}", rows, cols), impl());
-}
-
-void Softmax::run(float* y, const float* x) const {
-  auto& ctx = context();
-  primitive_.execute(ctx.stream, {{DNNL_ARG_SRC, dnnl::memory(md_, ctx.engine, const_cast<float*>(x))},
-                                  {DNNL_ARG_DST, dnnl::memory(md_, ctx.engine, y)}});
   ctx.stream.wait();
 }
 
