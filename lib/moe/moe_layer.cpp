@@ -89,9 +89,11 @@ void run_shared_experts(float* x, const float* h, int64_t N, int D, int M, int s
 // Padding costs 2 D M multiply-adds per padded row (up and down); the fused GELU saves
 // gemm:jit's separate pass, which took the time of ~60 multiply-adds per hidden element
 // (vmoe-fmnist at batch 256: 10.3 ms for 25.9 M elements at ~300 GFLOP/s), 60 M per real
-// row. So pad when 60 rows > 2 D (padded - rows), i.e. 30 rows > D (padded - rows).
+// row. So pad when 60 rows > 2 D (padded - rows), i.e. 30 rows > D (padded - rows). Past
+// kExpertFixedMaxHidden the pass is small next to the matmul and gemm:jit's own kernels
+// were as fast or faster (vmoe-s32, vmoe-b16: docs/DECISIONS.md).
 static int64_t fixed_expert_rows(int64_t rows, int64_t D) {
-  if (rows < kExpertRowsFixedFrom) return 0;
+  if (rows < kExpertRowsFixedFrom || D > kExpertFixedMaxHidden) return 0;
   const int64_t padded = (rows + kExpertRowQuantum - 1) / kExpertRowQuantum * kExpertRowQuantum;
   return 30 * rows > D * (padded - rows) ? padded : 0;
 }

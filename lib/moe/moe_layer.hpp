@@ -86,12 +86,13 @@ void plan_rows(MoeWorkspace& ws, const std::vector<int64_t>& load, size_t G, int
 // out = GELU(in @ w0[e] + b0[e]) @ w1[e] + b1[e].
 // An expert with at least kExpertRowsFixedFrom rows runs as matmuls of a fixed row count,
 // its rows padded up to a multiple of kExpertRowQuantum, when the padding costs less than
-// it saves (few padded rows next to many, or a small hidden size D): oneDNN 2.6 serves a
+// it saves and the hidden size D is at most kExpertFixedMaxHidden: oneDNN 2.6 serves a
 // fixed shape with its brgemm kernel, which fuses bias and GELU almost for free, but rows
 // given at run time with gemm:jit, whose separate GELU pass cost a quarter of vmoe-fmnist's
 // expert time. Other experts run at their exact row count. The expert input, hidden and
 // output buffers keep kExpertRowSlack rows beyond the last expert's.
 constexpr int64_t kExpertRowQuantum = 16, kExpertRowsFixedFrom = 64, kExpertRowSlack = kExpertRowQuantum;
+constexpr int64_t kExpertFixedMaxHidden = 256;
 void run_experts(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, nn::PrimitiveCache& cache);
 
 // The token routers' dispatch and combine, shared by the engine and training (which
