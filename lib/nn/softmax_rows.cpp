@@ -34,7 +34,8 @@ void exp_shifted(float* e, const float* x, const float* shift, int64_t n) {
 }
 
 void softmax_rows(float* y, const float* x, int64_t rows, int64_t cols) {
-  // Below ~64k elements a second thread costs more to wake than it saves.
+  // Small softmaxes (a Soft-MoE group's, ~2000 elements, called from inside a parallel
+  // loop over groups) stay on the calling thread; 65536 is a round number, not tuned.
 #pragma omp parallel for schedule(static) if (rows * cols >= 65536)
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * cols;
