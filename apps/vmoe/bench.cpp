@@ -6,7 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
-#include "model/benchmark.hpp"
+#include "io/model_file.hpp"
+#include "tasks/benchmark.hpp"
 
 namespace vmoe::cli {
 

@@ -4,7 +4,8 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
-#include "model/classify.hpp"
+#include "io/model_file.hpp"
+#include "tasks/classify.hpp"
 
 namespace vmoe::cli {
 

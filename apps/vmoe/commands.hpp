@@ -9,8 +9,8 @@
 
 #include <CLI/CLI.hpp>
 
-#include "model/config.hpp"
-#include "model/params.hpp"
+#include "spec/config.hpp"
+#include "spec/params.hpp"
 
 namespace vmoe::cli {
 

@@ -11,9 +11,10 @@
 #include <fmt/format.h>
 
 #include "commands.hpp"
-#include "io/atomic_file.hpp"
 #include "core/error.hpp"
-#include "moe/router.hpp"
+#include "io/atomic_file.hpp"
+#include "moe/router_registry.hpp"
+#include "spec/router.hpp"
 
 namespace vmoe::cli {
 

@@ -10,8 +10,9 @@
 
 #include "commands.hpp"
 #include "io/dataset.hpp"
-#include "model/eval_report.hpp"
-#include "model/evaluate.hpp"
+#include "io/model_file.hpp"
+#include "tasks/eval_report.hpp"
+#include "tasks/evaluate.hpp"
 
 namespace vmoe::cli {
 

@@ -4,10 +4,11 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
-#include "model/cost.hpp"
-#include "model/params.hpp"
+#include "io/model_file.hpp"
 #include "moe/capacity.hpp"
-#include "moe/router.hpp"
+#include "spec/cost.hpp"
+#include "spec/params.hpp"
+#include "spec/router.hpp"
 
 namespace vmoe::cli {
 

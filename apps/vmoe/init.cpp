@@ -4,6 +4,7 @@
 #include "commands.hpp"
 #include "core/error.hpp"
 #include "io/input_file.hpp"
+#include "io/model_file.hpp"
 #include "model/architectures.hpp"
 
 namespace vmoe::cli {

@@ -12,9 +12,10 @@
 
 #include "commands.hpp"
 #include "core/error.hpp"
-#include "model/foreground.hpp"
-#include "model/route.hpp"
-#include "moe/router.hpp"
+#include "io/model_file.hpp"
+#include "spec/router.hpp"
+#include "tasks/foreground.hpp"
+#include "tasks/route.hpp"
 #include "viz/pictures.hpp"
 
 namespace vmoe::cli {

@@ -19,9 +19,11 @@
 #include "core/error.hpp"
 #include "io/config_json.hpp"
 #include "io/input_file.hpp"
+#include "io/model_file.hpp"
 #include "model/architectures.hpp"
 #include "moe/balance.hpp"
-#include "moe/router.hpp"
+#include "moe/router_registry.hpp"
+#include "spec/router.hpp"
 #include "train/trainer.hpp"
 
 namespace vmoe::cli {
@@ -123,6 +125,7 @@ ModelConfig build_config(const TrainArgs& a) {
   if (moe_flags && !c.moe) {
     if (a.moe_layers.empty()) throw UsageError(fmt::format("--arch {} is dense: give --moe-layers to add MoE blocks", a.arch));
     c.moe = MoeConfig{};
+    c.moe->router = &default_router();
   }
   if (c.moe) {
     MoeConfig& m = *c.moe;

@@ -4,8 +4,10 @@
 
 #include "commands.hpp"
 #include "core/error.hpp"
-#include "model/upcycle.hpp"
-#include "moe/router.hpp"
+#include "io/model_file.hpp"
+#include "moe/router_registry.hpp"
+#include "spec/router.hpp"
+#include "tasks/upcycle.hpp"
 
 namespace vmoe::cli {
 

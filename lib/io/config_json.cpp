@@ -6,7 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
-#include "moe/router.hpp"
+#include "moe/router_registry.hpp"
+#include "spec/router.hpp"
 
 namespace vmoe {
 namespace {
@@ -140,6 +141,7 @@ ModelConfig parse_config_json(const std::string& text) {
                             "expert_mlp_dim", "balance"},
                         "moe");
     MoeConfig moe;
+    moe.router = &default_router();  // a config that names no router means top_k
     moe.layers = get_int_array(m, "layers", "moe", true);
     if (const std::string name = get_or<std::string>(m, "router", "", "moe"); !name.empty()) {
       bool known = false;

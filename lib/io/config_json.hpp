@@ -3,7 +3,7 @@
 // optional keys take their defaults) and the inverse.
 #include <string>
 
-#include "model/config.hpp"
+#include "spec/config.hpp"
 
 namespace vmoe {
 

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "model/config.hpp"
+#include "spec/config.hpp"
 
 namespace vmoe {
 

@@ -8,7 +8,7 @@
 
 #include <opencv2/core/mat.hpp>
 
-#include "model/config.hpp"
+#include "spec/config.hpp"
 
 namespace vmoe {
 

@@ -4,7 +4,8 @@
 #include <random>
 
 #include "core/error.hpp"
-#include "moe/router.hpp"
+#include "moe/router_registry.hpp"
+#include "spec/router.hpp"
 
 namespace vmoe {
 namespace {
@@ -37,6 +38,7 @@ std::vector<Architecture> make_architectures() {
     ModelConfig c = imagenet(32, 8, 512, 8, 2048);
     c.representation_size = 512;
     MoeConfig m;
+    m.router = &default_router();
     m.layers = {5, 7};
     c.moe = m;
     list.push_back({"vmoe-s32", "official V-MoE S/32: 224 px, 8 blocks, D 512, 8 experts top-2 in blocks 5 and 7", c});
@@ -44,6 +46,7 @@ std::vector<Architecture> make_architectures() {
   {
     ModelConfig c = imagenet(16, 12, 768, 12, 3072);
     MoeConfig m;
+    m.router = &default_router();
     m.layers = {1, 3, 5, 7, 9, 11};
     c.moe = m;
     list.push_back({"vmoe-b16", "official V-MoE B/16: 224 px, 12 blocks, D 768, 8 experts top-2 in every odd block", c});
@@ -52,6 +55,7 @@ std::vector<Architecture> make_architectures() {
     ModelConfig c = imagenet(16, 12, 384, 6, 1536);
     c.classifier = Classifier::gap;
     MoeConfig m;
+    m.router = &default_router();
     m.layers = {6, 7, 8, 9, 10, 11};
     m.router = &find_router("soft");
     m.num_experts = 128;
@@ -65,6 +69,7 @@ std::vector<Architecture> make_architectures() {
     // experts of MLP 192 cost what one dense MLP of 384 does.
     ModelConfig c = fashion(192);
     MoeConfig m;
+    m.router = &default_router();
     m.layers = {0, 1, 2, 3, 4, 5};
     c.moe = m;
     list.push_back({"vmoe-fmnist", "V-MoE for 28x28 grey: as vit-fmnist, every block 8 experts top-2 of MLP 192", c});
@@ -72,6 +77,7 @@ std::vector<Architecture> make_architectures() {
   {
     ModelConfig c = fashion(384);
     MoeConfig m;
+    m.router = &default_router();
     m.layers = {1, 3, 5};
     m.router = &find_router("experts_choice");
     m.capacity_factor = 1.0;
@@ -83,6 +89,7 @@ std::vector<Architecture> make_architectures() {
     // and combine products cost about one dense MLP of 384 per token.
     ModelConfig c = fashion(384);
     MoeConfig m;
+    m.router = &default_router();
     m.layers = {1, 3, 5};
     m.router = &find_router("soft");
     m.num_experts = 8;
@@ -109,8 +116,6 @@ const Architecture& find_architecture(const std::string& name) {
   }
   fail("unknown architecture \"{}\" (known: {})", name, known);
 }
-
-float default_soft_scale(const ModelConfig& config) { return std::sqrt(static_cast<float>(config.hidden_size)); }
 
 Model init_model(const ModelConfig& config, uint64_t seed, float soft_scale) {
   config.validate();

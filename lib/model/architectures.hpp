@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "model/params.hpp"
+#include "spec/params.hpp"
 
 namespace vmoe {
 
@@ -22,10 +22,5 @@ const Architecture& find_architecture(const std::string& name);  // throws listi
 // code's 1 by default). Same seed, same model.
 Model init_model(const ModelConfig& config, uint64_t seed, float soft_scale = 1.0f);
 
-// The Soft-MoE scale `vmoe train` starts from: sqrt(D). The cosine of random D-dimensional
-// vectors has a spread of about 1/sqrt(D), so the logits then start with a spread near 1
-// and the dispatch and combine softmaxes can route; with the reference code's 1 they stay
-// almost uniform for small D (data/models/README.md measures both).
-float default_soft_scale(const ModelConfig& config);
 
 }  // namespace vmoe

@@ -6,9 +6,9 @@
 #include <cstring>
 
 #include "core/error.hpp"
-#include "model/cost.hpp"
 #include "moe/soft_moe.hpp"
 #include "nn/attention.hpp"
+#include "spec/cost.hpp"
 
 namespace vmoe {
 

@@ -4,10 +4,10 @@
 #include <vector>
 
 #include "core/stage_times.hpp"
-#include "model/params.hpp"
-#include "model/routing_trace.hpp"
 #include "moe/moe_layer.hpp"
 #include "nn/primitive_cache.hpp"
+#include "spec/params.hpp"
+#include "spec/routing_trace.hpp"
 #include "tensor/tensor.hpp"
 
 namespace vmoe {

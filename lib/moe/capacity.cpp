@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
-#include "moe/router.hpp"
+#include "spec/router.hpp"
 
 namespace vmoe {
 

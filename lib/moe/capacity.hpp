@@ -1,7 +1,7 @@
 #pragma once
 #include <cstdint>
 
-#include "model/config.hpp"
+#include "spec/config.hpp"
 
 namespace vmoe {
 

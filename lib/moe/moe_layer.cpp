@@ -198,9 +198,8 @@ void plan_rows(MoeWorkspace& ws, const std::vector<int64_t>& load, size_t G, int
   }
 }
 
-// gates (N, E) = softmax(h @ router), then the routing plan, experts, combine.
-void Router::forward(float* x, const float* h, const MoeShape& sh, const MoeConfig& moe, const MoeWeights& w,
-                     MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times) const {
+void token_router_forward(float* x, const float* h, const MoeShape& sh, const MoeConfig& moe, const MoeWeights& w,
+                          MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times) {
   const int64_t N = sh.tokens;
   const int D = sh.hidden, E = moe.num_experts;
   float* gates = ws.gates.reserve(N * E);
@@ -266,13 +265,6 @@ void plan_routing(MoeWorkspace& ws, const float* gates, const float* learned, co
   }
   moe.router->plan(ws, gates, learned, moe.router->selection_bias() ? select : nullptr, groups, capacity, moe);
 }
-
-void Router::plan(MoeWorkspace&, const float*, const float*, const float*, const std::vector<Group>&,
-                  const std::vector<int>&, const MoeConfig&) const {
-  fail("plan_routing: the {} router has no token routing", name());
-}
-
-void Router::fill_trace(MoeLayerTrace&, const MoeWorkspace&, const std::vector<Group>&, const MoeConfig&) const {}
 
 void fill_trace(MoeLayerTrace& trace, const MoeWorkspace& ws, const float* gates, const MoeShape& sh,
                 const MoeConfig& moe) {

@@ -7,11 +7,11 @@
 #include <vector>
 
 #include "core/stage_times.hpp"
-#include "model/config.hpp"
-#include "model/routing_trace.hpp"
-#include "moe/router.hpp"
 #include "moe/routers.hpp"
 #include "nn/primitive_cache.hpp"
+#include "spec/config.hpp"
+#include "spec/router.hpp"
+#include "spec/routing_trace.hpp"
 #include "tensor/tensor.hpp"
 
 namespace vmoe {
@@ -114,6 +114,12 @@ void plan_routing(MoeWorkspace& ws, const float* gates, const float* learned, co
 // Copies the routing plan of the last plan_routing into a trace.
 void fill_trace(MoeLayerTrace& trace, const MoeWorkspace& ws, const float* gates, const MoeShape& shape,
                 const MoeConfig& moe);
+
+// The token routers' forward (DenseGateRouter::forward): gates (N, E) = softmax(h @ router)
+// (the selection scores and learned scorer when the config has them), plan_routing, then
+// gather, experts and combine into x (N, D); fills the trace when given.
+void token_router_forward(float* x, const float* h, const MoeShape& shape, const MoeConfig& moe, const MoeWeights& w,
+                          MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times);
 
 // x (N, D) += MoE(h) with h = LN_1(x): the routed experts' weighted outputs plus, with
 // shared experts, sum over s of shared_s(h). `trace` may be null.

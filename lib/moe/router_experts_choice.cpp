@@ -6,13 +6,13 @@
 
 #include <fmt/format.h>
 
-#include "model/cost.hpp"
-#include "model/routing_trace.hpp"
 #include "moe/capacity.hpp"
-#include "moe/moe_layer.hpp"
 #include "moe/dense_gate_router.hpp"
-#include "moe/router.hpp"
+#include "moe/moe_layer.hpp"
 #include "moe/routers.hpp"
+#include "spec/cost.hpp"
+#include "spec/router.hpp"
+#include "spec/routing_trace.hpp"
 
 namespace vmoe {
 

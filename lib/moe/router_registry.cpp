@@ -1,7 +1,8 @@
 // The one table of routers, keyed by the config name (moe.router). A new router adds
 // its line here and its own file under lib/moe/.
+#include "moe/router_registry.hpp"
+
 #include "core/error.hpp"
-#include "moe/router.hpp"
 
 namespace vmoe {
 
@@ -14,7 +15,7 @@ const std::vector<const Router*>& routers() {
   return table;
 }
 
-const Router* default_router() { return &top_k_router(); }
+const Router& default_router() { return top_k_router(); }
 
 std::string router_names(const char* separator) {
   std::string names;
@@ -26,12 +27,6 @@ const Router& find_router(const std::string& name) {
   for (const Router* r : routers())
     if (name == r->name()) return *r;
   fail("unknown router \"{}\" (known: {})", name, router_names(", "));
-}
-
-bool Router::draws(RouteView v) const {
-  for (RouteView p : pictures())
-    if (p == v) return true;
-  return false;
 }
 
 }  // namespace vmoe

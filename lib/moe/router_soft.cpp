@@ -2,20 +2,22 @@
 // of the group's tokens, each expert runs on its slots, and every token gets a
 // softmax-weighted mix of the slot outputs; nothing is dropped. The weights
 // (soft_dispatch_combine) are declared in routers.hpp, the shared maths in soft_moe.hpp.
+// Its training forward and backward follow its inference forward.
 #include <algorithm>
 #include <cmath>
 
 #include <fmt/format.h>
 
 #include "core/stage_times.hpp"
-#include "model/architectures.hpp"
-#include "model/cost.hpp"
-#include "model/routing_trace.hpp"
 #include "moe/moe_layer.hpp"
-#include "moe/router.hpp"
+#include "moe/moe_train_layer.hpp"
 #include "moe/routers.hpp"
 #include "moe/soft_moe.hpp"
+#include "nn/grad_ops.hpp"
 #include "nn/softmax_rows.hpp"
+#include "spec/cost.hpp"
+#include "spec/router.hpp"
+#include "spec/routing_trace.hpp"
 
 namespace vmoe {
 
@@ -44,6 +46,19 @@ void soft_dispatch_combine(float* dispatch, float* combine, const float* logits,
 }
 
 namespace {
+
+// What Soft-MoE keeps between its training forward and backward; G groups, slots = E*P.
+struct SoftTrainState : RouterTrainState {
+  SoftTrainState(int64_t N, int64_t D, int64_t slots, int64_t G)
+      : inv_norm({N}), xn({N, D}), dxn({N, D}), mun({D, slots}), mu_inv({slots}), logits({N, slots}),
+        dispatch({N, slots}), combine({N, slots}), dlogits({N, slots}), dcombine({N, slots}), ddispatch({N, slots}),
+        dmun({D, slots}), slot_in({G * slots, D}), slot_out({G * slots, D}), d_slot({G * slots, D}) {}
+  Tensor inv_norm, xn, dxn;  // (N), (N, D), (N, D)
+  Tensor mun, mu_inv;  // (D, E*P) scale * mu / |mu|, (E*P) 1/|mu|
+  Tensor logits, dispatch, combine, dlogits, dcombine, ddispatch;  // (N, E*P)
+  Tensor dmun;  // (D, E*P)
+  Tensor slot_in, slot_out, d_slot;  // (G*E*P, D) group-major
+};
 
 class SoftRouter final : public Router {
  public:
@@ -138,7 +153,117 @@ class SoftRouter final : public Router {
     }
   }
 
-  bool routes_tokens() const override { return false; }
+  // --- training
+
+  std::unique_ptr<RouterTrainState> train_state(const MoeTrainLayer& L) const override {
+    const int64_t slots = int64_t{L.moe.num_experts} * L.moe.slots_per_expert;
+    return std::make_unique<SoftTrainState>(L.shape.tokens, L.shape.hidden, slots, static_cast<int64_t>(L.groups.size()));
+  }
+
+  // Per group of S tokens: xn = h / |h|, logits = xn @ (scale * mu / |mu|), dispatch =
+  // softmax over tokens, combine = softmax over slots, slot_in = dispatch^T h, slot_out =
+  // expert(slot_in), x += combine @ slot_out. No noise, no auxiliary loss.
+  void train_forward(MoeTrainLayer& L, float* x, const float* h, const BlockParams& p, std::mt19937_64*,
+                     nn::PrimitiveCache& cache) const override {
+    auto& s = static_cast<SoftTrainState&>(*L.router_state);
+    const auto& groups = L.groups;
+    const int64_t N = L.shape.tokens, D = L.shape.hidden, E = L.moe.num_experts, P = L.moe.slots_per_expert;
+    const int64_t slots = E * P, G = static_cast<int64_t>(groups.size());
+    soft_normalise_tokens(s.xn.data(), s.inv_norm.data(), h, N, D);
+    soft_normalised_mu(s.mun.data(), s.mu_inv.data(), p.router_mu.data(), p.router_scale[0], D, slots);
+    nn::linear(s.logits.data(), s.xn.data(), s.mun.data(), nullptr, N, D, slots, cache);
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t g = 0; g < G; ++g)
+      soft_dispatch_combine(s.dispatch.data() + groups[g].first * slots, s.combine.data() + groups[g].first * slots,
+                            s.logits.data() + groups[g].first * slots, static_cast<int>(groups[g].size),
+                            static_cast<int>(slots));
+    soft_slot_inputs(s.slot_in.data(), s.dispatch.data(), h, groups, slots, D, cache);
+    L.routing.rows_of_expert.assign(E, G * P);
+    L.routing.first_row.resize(E);
+    for (int64_t e = 0; e < E; ++e) L.routing.first_row[e] = e * G * P;
+    slots_to_expert_major(L.expert_in.data(), s.slot_in.data(), G, E, P, D);
+    L.experts_forward(p, cache);
+    slots_to_group_major(s.slot_out.data(), L.expert_out.data(), G, E, P, D);
+    soft_combine_slots(x, s.combine.data(), s.slot_out.data(), groups, slots, D, cache);
+    L.aux = {};
+  }
+
+  void train_backward(MoeTrainLayer& L, float* dh, const float* dy, const float* h, const BlockParams& p,
+                      BlockParams& g, const AuxWeights&, nn::PrimitiveCache& cache) const override {
+    using nn::GemmSpec;
+    auto& s = static_cast<SoftTrainState&>(*L.router_state);
+    const auto& groups = L.groups;
+    const int64_t N = L.shape.tokens, D = L.shape.hidden, E = L.moe.num_experts, P = L.moe.slots_per_expert;
+    const int64_t slots = E * P, G = static_cast<int64_t>(groups.size());
+    const auto runs = equal_size_runs(groups);  // equal-size groups run as one batched matmul
+    for (const auto& [g0, count] : runs) {
+      const int64_t first = groups[g0].first, S = groups[g0].size;
+      GemmSpec dc;  // dcombine (S, slots) = dy (S, D) @ slot_out^T
+      dc.m = S, dc.k = D, dc.n = slots, dc.trans_b = true, dc.ldb = D;
+      dc.batch = count, dc.batch_stride_a = S * D, dc.batch_stride_b = slots * D, dc.batch_stride_c = S * slots;
+      cache.gemm(dc).run(s.dcombine.data() + first * slots, dy + first * D, s.slot_out.data() + g0 * slots * D);
+      GemmSpec ds;  // dslot_out (slots, D) = combine^T @ dy
+      ds.m = slots, ds.k = S, ds.n = D, ds.trans_a = true, ds.lda = slots;
+      ds.batch = count, ds.batch_stride_a = S * slots, ds.batch_stride_b = S * D, ds.batch_stride_c = slots * D;
+      cache.gemm(ds).run(s.d_slot.data() + g0 * slots * D, s.combine.data() + first * slots, dy + first * D);
+    }
+    slots_to_expert_major(L.d_expert_out.data(), s.d_slot.data(), G, E, P, D);
+    L.experts_backward(p, g, cache);
+    slots_to_group_major(s.d_slot.data(), L.d_expert_in.data(), G, E, P, D);
+    for (const auto& [g0, count] : runs) {
+      const int64_t first = groups[g0].first, S = groups[g0].size;
+      GemmSpec dd;  // ddispatch (S, slots) = h (S, D) @ dslot_in^T
+      dd.m = S, dd.k = D, dd.n = slots, dd.trans_b = true, dd.ldb = D;
+      dd.batch = count, dd.batch_stride_a = S * D, dd.batch_stride_b = slots * D, dd.batch_stride_c = S * slots;
+      cache.gemm(dd).run(s.ddispatch.data() + first * slots, h + first * D, s.d_slot.data() + g0 * slots * D);
+      GemmSpec dx;  // dh (S, D) = dispatch (S, slots) @ dslot_in
+      dx.m = S, dx.k = slots, dx.n = D;
+      dx.batch = count, dx.batch_stride_a = S * slots, dx.batch_stride_b = slots * D, dx.batch_stride_c = S * D;
+      cache.gemm(dx).run(dh + first * D, s.dispatch.data() + first * slots, s.d_slot.data() + g0 * slots * D);
+    }
+    // Softmax backwards: combine over slots (rows), dispatch over the group's tokens (columns).
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t gi = 0; gi < G; ++gi) {
+      const int64_t first = groups[gi].first, S = groups[gi].size;
+      std::vector<double> column(slots, 0.0);
+      for (int64_t n = first; n < first + S; ++n)
+        for (int64_t j = 0; j < slots; ++j) column[j] += double{s.ddispatch[n * slots + j]} * s.dispatch[n * slots + j];
+      for (int64_t n = first; n < first + S; ++n) {
+        double row = 0;
+        for (int64_t j = 0; j < slots; ++j) row += double{s.dcombine[n * slots + j]} * s.combine[n * slots + j];
+        for (int64_t j = 0; j < slots; ++j) {
+          const int64_t i = n * slots + j;
+          s.dlogits[i] = static_cast<float>(s.combine[i] * (s.dcombine[i] - row) +
+                                            s.dispatch[i] * (s.ddispatch[i] - column[j]));
+        }
+      }
+    }
+    nn::input_grad(s.dxn.data(), s.dlogits.data(), s.mun.data(), N, D, slots, 0.0f, cache);
+    s.dmun.fill(0.0f);
+    nn::accumulate_weight_grad(s.dmun.data(), s.xn.data(), s.dlogits.data(), N, D, slots, cache);
+    // xn = h * r with r = (|h|^2 + eps)^-1/2:  dh += r dxn - h r^3 (h . dxn)
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      double dot = 0;
+      for (int64_t d = 0; d < D; ++d) dot += double{h[n * D + d]} * s.dxn[n * D + d];
+      const float r = s.inv_norm[n], r3dot = static_cast<float>(r * r * r * dot);
+      for (int64_t d = 0; d < D; ++d) dh[n * D + d] += r * s.dxn[n * D + d] - h[n * D + d] * r3dot;
+    }
+    // mun = scale * mu * q with q = (|mu_s|^2 + eps)^-1/2 per slot.
+    const float scale = p.router_scale[0];
+    double dscale = 0;
+    for (int64_t j = 0; j < slots; ++j) {
+      double dot = 0;
+      const double q = s.mu_inv[j];
+      for (int64_t d = 0; d < D; ++d) dot += double{p.router_mu[d * slots + j]} * s.dmun[d * slots + j];
+      dscale += dot * q;
+      for (int64_t d = 0; d < D; ++d)
+        g.router_mu[d * slots + j] +=
+            static_cast<float>(scale * (q * s.dmun[d * slots + j] - p.router_mu[d * slots + j] * q * q * q * dot));
+    }
+    g.router_scale[0] += static_cast<float>(dscale);
+    L.shared_backward(dh, dy, h, p, g, cache);
+  }
 };
 
 }  // namespace

@@ -1,7 +1,9 @@
 // The top-k router (V-MoE, DESIGN §4): each token picks its k experts by gate; experts
 // take them up to their capacity in position order (vanilla) or by a priority score (BPR,
 // docs/ROUTING.md). Variants: priority scorers, gating topk_softmax, overflow next,
-// dropless. The routing decisions (route_top_k) are declared in routers.hpp.
+// dropless. The routing decisions (route_top_k) are declared in routers.hpp; its training
+// (router noise, the importance and load losses, the learned scorer, the renormalised
+// gates and their backward) is at the end of this file.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -10,13 +12,15 @@
 #include <fmt/format.h>
 
 #include "core/error.hpp"
-#include "model/cost.hpp"
-#include "model/routing_trace.hpp"
 #include "moe/capacity.hpp"
-#include "moe/moe_layer.hpp"
 #include "moe/dense_gate_router.hpp"
-#include "moe/router.hpp"
+#include "moe/moe_layer.hpp"
+#include "moe/moe_train_layer.hpp"
 #include "moe/routers.hpp"
+#include "nn/softmax_rows.hpp"
+#include "spec/cost.hpp"
+#include "spec/router.hpp"
+#include "spec/routing_trace.hpp"
 
 namespace vmoe {
 
@@ -188,6 +192,43 @@ void route_top_k(TopKRouting& out, const float* probs, const float* learned, int
 
 namespace {
 
+
+// (std / mean)^2 of v (population std) and its gradient wrt each v[e].
+double cv_squared(const std::vector<double>& v, std::vector<double>* grad) {
+  const double E = static_cast<double>(v.size());
+  double mean = 0, var = 0;
+  for (double x : v) mean += x / E;
+  for (double x : v) var += (x - mean) * (x - mean) / E;
+  if (mean <= 0) {
+    if (grad) grad->assign(v.size(), 0.0);
+    return 0.0;
+  }
+  if (grad) {
+    grad->resize(v.size());
+    for (size_t e = 0; e < v.size(); ++e) (*grad)[e] = 2.0 / (E * mean * mean) * (v[e] - mean - var / mean);
+  }
+  return var / (mean * mean);
+}
+
+// Index of the k-th largest value of row (ties to the lower index, as top-k picks).
+int kth_largest(const float* row, int E, int k) {
+  std::vector<int> idx(E);
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return row[a] > row[b]; });
+  return idx[k - 1];
+}
+
+double normal_pdf(double z) { return std::exp(-0.5 * z * z) / std::sqrt(2.0 * M_PI); }
+
+// Top-k's training state: the dense gates' plus the learned scorer and the biased selection.
+struct TopKTrainState : GateTrainState {
+  TopKTrainState(int64_t N, int64_t E, bool biased) : GateTrainState(N, E), scores({N}), dscores({N}) {
+    if (biased) select = Tensor({N, E});
+  }
+  Tensor scores, dscores;  // (N) learned priority scorer output s and dL/ds
+  Tensor select;  // (N, E) noisy logits + balance bias (balance "bias" only)
+};
+
 class TopKRouter final : public DenseGateRouter {
  public:
   const char* name() const override { return "top_k"; }
@@ -306,6 +347,186 @@ class TopKRouter final : public DenseGateRouter {
       std::copy(r.priority.begin(), r.priority.end(), trace.priority_score.begin() + first);
       for (size_t rank = 0; rank < r.order.size(); ++rank)
         trace.priority_rank[first + r.order[rank]] = static_cast<int>(rank);
+    }
+  }
+
+  // --- training
+
+  std::unique_ptr<RouterTrainState> train_state(const MoeTrainLayer& L) const override {
+    return std::make_unique<TopKTrainState>(L.shape.tokens, L.moe.num_experts, L.moe.balance == Balance::bias);
+  }
+
+  // noisy logits = h @ kernel + N(0, (noise_std/E)^2) with a noise generator; gates =
+  // softmax(noisy); the learned scores s = h . kernel + bias; the plan (by logits + bias
+  // under balance "bias"); x += combine; then the auxiliary losses.
+  void train_forward(MoeTrainLayer& L, float* x, const float* h, const BlockParams& p, std::mt19937_64* noise,
+                     nn::PrimitiveCache& cache) const override {
+    auto& s = static_cast<TopKTrainState&>(*L.router_state);
+    const MoeConfig& m = L.moe;
+    const int64_t N = L.shape.tokens, D = L.shape.hidden, E = m.num_experts;
+    train_logits(s, L, h, p, cache);
+    const double sigma = m.noise_std / E;
+    if (noise && sigma > 0) {
+      std::normal_distribution<float> normal(0.0f, static_cast<float>(sigma));
+      for (int64_t i = 0; i < N * E; ++i) s.noisy_logits[i] += normal(*noise);
+    }
+    nn::softmax_rows(s.gates.data(), s.noisy_logits.data(), N, E);
+    const bool learned = m.priority == Priority::learned;
+    if (learned) learned_priority(s.scores.data(), h, p.priority_kernel.data(), p.priority_bias[0], N, static_cast<int>(D));
+    // Balance "bias": the experts are chosen by logits + bias, the gates stay unbiased.
+    const bool biased = m.balance == Balance::bias;
+    if (biased)
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t e = 0; e < E; ++e) s.select[n * E + e] = s.noisy_logits[n * E + e] + p.balance_bias[e];
+    train_route_and_run(L, s, x, h, p, learned ? s.scores.data() : nullptr, biased ? s.select.data() : nullptr, cache);
+    aux_losses(L, s);
+  }
+
+  void train_backward(MoeTrainLayer& L, float* dh, const float* dy, const float* h, const BlockParams& p,
+                      BlockParams& g, const AuxWeights& weights, nn::PrimitiveCache& cache) const override {
+    auto& s = static_cast<TopKTrainState&>(*L.router_state);
+    const MoeConfig& m = L.moe;
+    const int64_t N = L.shape.tokens, D = L.shape.hidden, E = m.num_experts;
+    const bool learned = m.priority == Priority::learned;
+    train_entry_grads(L, s, dy, learned ? s.scores.data() : nullptr);
+    if (learned) scorer_scale_backward(L, s);
+    if (m.gating == Gating::topk_softmax) renormalised_gate_backward(L, s);
+    L.experts_backward(p, g, cache);
+    train_gather_input_grads(L, dh);
+    const double sigma = m.noise_std / E;
+    const double G = static_cast<double>(L.groups.size());
+    if (weights.importance != 0) {
+      for (const Group& grp : L.groups) {
+        std::vector<double> importance(E, 0.0), grad;
+        for (int64_t n = grp.first; n < grp.first + grp.size; ++n)
+          for (int e = 0; e < E; ++e) importance[e] += s.gates[n * E + e];
+        cv_squared(importance, &grad);
+        for (int64_t n = grp.first; n < grp.first + grp.size; ++n)
+          for (int e = 0; e < E; ++e) s.dgates[n * E + e] += static_cast<float>(weights.importance / G * grad[e]);
+      }
+    }
+    // dlogits = softmax backward of the gates (noise is additive, so clean and noisy
+    // logits share this gradient); then the load loss, which reads the clean logits and
+    // the noisy k-th best as threshold.
+    s.softmax_backward.run(s.dlogits.data(), s.dgates.data(), s.gates.data());
+    if (weights.load != 0 && sigma > 0) load_backward(L, s, weights.load / G, sigma);
+    train_kernel_backward(L, s, dh, h, p, g, cache);
+    L.shared_backward(dh, dy, h, p, g, cache);
+    if (!learned) return;
+    // s[n] = h[n] . kernel + bias
+    double dbias = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      const float ds = s.dscores[n];
+      dbias += ds;
+      for (int64_t d = 0; d < D; ++d) {
+        g.priority_kernel[d] += ds * h[n * D + d];
+        dh[n * D + d] += ds * p.priority_kernel[d];
+      }
+    }
+    g.priority_bias[0] += static_cast<float>(dbias);
+  }
+
+ private:
+  // importance = cv^2 of per-expert gate sums; load = cv^2 of per-expert mean probability
+  // of being selected under re-sampled noise, P(noisy logit beats the k-th best) =
+  // 1 - Phi((threshold - clean logit) / sigma); per group, averaged over groups. The
+  // learned scorer's penalty term is its mean output scale.
+  static void aux_losses(MoeTrainLayer& L, const TopKTrainState& s) {
+    const MoeConfig& m = L.moe;
+    L.aux = {};
+    if (m.priority == Priority::learned) {
+      double sum = 0;
+      for (int64_t n = 0; n < L.shape.tokens; ++n) sum += learned_output_scale(s.scores[n]);
+      L.aux.scorer = sum / static_cast<double>(L.shape.tokens);
+    }
+    const int E = m.num_experts;
+    const double sigma = m.noise_std / E;
+    for (const Group& g : L.groups) {
+      std::vector<double> importance(E, 0.0), load(E, 0.0);
+      for (int64_t n = g.first; n < g.first + g.size; ++n) {
+        const float* gate = s.gates.data() + n * E;
+        for (int e = 0; e < E; ++e) importance[e] += gate[e];
+        if (sigma > 0) {
+          const float* noisy = s.noisy_logits.data() + n * E;
+          const double threshold = noisy[kth_largest(noisy, E, m.k)];
+          for (int e = 0; e < E; ++e)
+            load[e] += 0.5 * std::erfc((threshold - s.clean_logits[n * E + e]) / sigma / std::sqrt(2.0)) / g.size;
+        }
+      }
+      L.aux.importance += cv_squared(importance, nullptr) / L.groups.size();
+      if (sigma > 0) L.aux.load += cv_squared(load, nullptr) / L.groups.size();
+    }
+  }
+
+  // The learned scorer scales token n's output by scale = 2 sigmoid(s[n]): d scale[n] =
+  // sum over its entries of gate * dy[n] . out[row] (+ the penalty's weight / N), and
+  // d scale / d s = scale (1 - scale / 2).
+  static void scorer_scale_backward(const MoeTrainLayer& L, TopKTrainState& s) {
+    const int64_t N = L.shape.tokens;
+    const auto& plan = L.routing;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      double dscale = 0;
+      for (int64_t j = plan.token_begin[n]; j < plan.token_begin[n + 1]; ++j)
+        dscale += double{plan.entries[plan.by_token[j]].gate} * s.entry_dot[plan.by_token[j]];
+      dscale += L.scorer_penalty / static_cast<double>(N);  // penalty: weight * mean scale
+      const float scale = learned_output_scale(s.scores[n]);
+      s.dscores[n] = static_cast<float>(dscale * scale * (1.0f - 0.5f * scale));
+    }
+  }
+
+  // Gating topk_softmax: the weight of expert e for a token is w_e = p_e / Z with Z the sum
+  // of p over the token's top-k choices K (e may lie outside K after overflow "next"). With
+  // dG = dL/dw from the combine, dL/dp_e = dG_e / Z, and every m in K also gets
+  // -sum_e dG_e w_e / Z. Turns dgates from d weight into d probability, row by row.
+  static void renormalised_gate_backward(const MoeTrainLayer& L, TopKTrainState& s) {
+    const int E = L.moe.num_experts, k = L.moe.k;
+#pragma omp parallel for schedule(dynamic)
+    for (size_t gi = 0; gi < L.groups.size(); ++gi) {
+      const TopKRouting& r = L.routing.top_k[gi];
+      for (int64_t t = 0; t < L.groups[gi].size; ++t) {
+        const int64_t n = L.groups[gi].first + t;
+        const float* prob = s.gates.data() + n * E;
+        float* dg = s.dgates.data() + n * E;
+        double Z = 0;
+        for (int q = 0; q < k; ++q) Z += prob[r.choice[t * k + q]];
+        if (!(Z > 0)) continue;
+        double sum = 0;
+        for (int e = 0; e < E; ++e) sum += double{dg[e]} * prob[e] / Z;
+        for (int e = 0; e < E; ++e) dg[e] = static_cast<float>(dg[e] / Z);
+        for (int q = 0; q < k; ++q) dg[r.choice[t * k + q]] -= static_cast<float>(sum / Z);
+      }
+    }
+  }
+
+  // The load loss's gradient on the logits: d load_e / d clean logit_e = -pdf(z) / (sigma S),
+  // and the k-th best noisy logit (the threshold) gets the opposite. `weight` is the
+  // loss weight over the number of groups.
+  static void load_backward(const MoeTrainLayer& L, TopKTrainState& s, double weight, double sigma) {
+    const int E = L.moe.num_experts;
+    for (const Group& grp : L.groups) {
+      const int64_t S = grp.size;
+      std::vector<double> load(E, 0.0), grad;
+      std::vector<double> z(S * E);
+      std::vector<int> kth(S);
+      for (int64_t t = 0; t < S; ++t) {
+        const int64_t n = grp.first + t;
+        const float* noisy = s.noisy_logits.data() + n * E;
+        kth[t] = kth_largest(noisy, E, L.moe.k);
+        for (int e = 0; e < E; ++e) {
+          z[t * E + e] = (noisy[kth[t]] - s.clean_logits[n * E + e]) / sigma;
+          load[e] += 0.5 * std::erfc(z[t * E + e] / std::sqrt(2.0)) / S;
+        }
+      }
+      cv_squared(load, &grad);
+      for (int64_t t = 0; t < S; ++t) {
+        const int64_t n = grp.first + t;
+        for (int e = 0; e < E; ++e) {
+          const double c = weight * grad[e] / S * normal_pdf(z[t * E + e]) / sigma;
+          s.dlogits[n * E + e] += static_cast<float>(c);
+          s.dlogits[n * E + kth[t]] -= static_cast<float>(c);
+        }
+      }
     }
   }
 };

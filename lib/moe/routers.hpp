@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "model/config.hpp"
+#include "spec/config.hpp"
 
 namespace vmoe {
 

@@ -3,7 +3,7 @@
 // rate schedule (linear warm-up, then cosine decay to zero).
 #include <cstdint>
 
-#include "model/params.hpp"
+#include "spec/params.hpp"
 
 namespace vmoe::train {
 

@@ -15,9 +15,10 @@
 #include "core/error.hpp"
 #include "io/config_json.hpp"
 #include "io/dataset.hpp"
+#include "io/model_file.hpp"
 #include "io/safetensors.hpp"
 #include "model/engine.hpp"
-#include "model/evaluate.hpp"
+#include "tasks/evaluate.hpp"
 
 namespace vmoe::train {
 

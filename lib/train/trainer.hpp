@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "model/params.hpp"
+#include "model/vit_train.hpp"
 #include "moe/balance.hpp"
+#include "spec/params.hpp"
 #include "train/optimizer.hpp"
-#include "train/vit_train.hpp"
 
 namespace vmoe::train {
 

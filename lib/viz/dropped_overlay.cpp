@@ -3,8 +3,8 @@
 #include <fmt/format.h>
 
 #include "core/error.hpp"
+#include "spec/router.hpp"
 #include "viz/layer_view.hpp"
-#include "moe/router.hpp"
 
 namespace vmoe::viz {
 

@@ -1,5 +1,5 @@
 #include "viz/layer_view.hpp"
-#include "moe/router.hpp"
+#include "spec/router.hpp"
 
 #include <cctype>
 #include <filesystem>

@@ -6,7 +6,7 @@
 
 #include <opencv2/core.hpp>
 
-#include "model/route.hpp"
+#include "tasks/route.hpp"
 #include "viz/canvas.hpp"
 #include "viz/pictures.hpp"
 

@@ -8,7 +8,7 @@
 
 #include <opencv2/core.hpp>
 
-#include "model/route.hpp"
+#include "tasks/route.hpp"
 
 namespace vmoe::viz {
 

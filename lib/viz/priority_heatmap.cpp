@@ -9,8 +9,8 @@
 #include <opencv2/imgproc.hpp>
 
 #include "core/error.hpp"
+#include "spec/router.hpp"
 #include "viz/layer_view.hpp"
-#include "moe/router.hpp"
 
 namespace vmoe::viz {
 

@@ -10,7 +10,7 @@
 
 #include "core/error.hpp"
 #include "io/atomic_file.hpp"
-#include "moe/router.hpp"
+#include "spec/router.hpp"
 #include "viz/pictures.hpp"
 
 namespace vmoe::viz {

@@ -5,8 +5,9 @@
 
 #include "core/error.hpp"
 #include "fuzz_input.hpp"
+#include "io/model_file.hpp"
 #include "io/safetensors.hpp"
-#include "model/params.hpp"
+#include "spec/params.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   vmoe::fuzz::MemoryFile file(data, size);

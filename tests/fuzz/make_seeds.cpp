@@ -12,11 +12,13 @@
 #include <opencv2/imgcodecs.hpp>
 
 #include "io/config_json.hpp"
+#include "io/model_file.hpp"
 #include "io/safetensors.hpp"
 #include "model/architectures.hpp"
-#include "model/params.hpp"
+#include "moe/router_registry.hpp"
+#include "spec/params.hpp"
+#include "spec/router.hpp"
 #include "train/optimizer.hpp"
-#include "moe/router.hpp"
 
 using namespace vmoe;
 namespace fs = std::filesystem;

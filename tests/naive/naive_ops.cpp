@@ -5,7 +5,8 @@
 #include <optional>
 #include <stdexcept>
 
-#include "moe/router.hpp"
+#include "moe/router_registry.hpp"
+#include "spec/router.hpp"
 
 namespace naive {
 

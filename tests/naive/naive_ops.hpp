@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "model/config.hpp"
-#include "model/params.hpp"
+#include "spec/config.hpp"
+#include "spec/params.hpp"
 
 namespace naive {
 

@@ -2,8 +2,8 @@
 #include <catch2/catch.hpp>
 
 #include "core/error.hpp"
-#include "model/eval_report.hpp"
-#include "model/evaluate.hpp"
+#include "tasks/eval_report.hpp"
+#include "tasks/evaluate.hpp"
 
 using namespace vmoe;
 

@@ -5,9 +5,10 @@
 
 #include "core/error.hpp"
 #include "io/image.hpp"
-#include "model/foreground.hpp"
+#include "moe/router_registry.hpp"
 #include "moe/routers.hpp"
-#include "moe/router.hpp"
+#include "spec/router.hpp"
+#include "tasks/foreground.hpp"
 
 using namespace vmoe;
 

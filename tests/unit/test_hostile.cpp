@@ -21,10 +21,11 @@
 #include "io/dataset.hpp"
 #include "io/image.hpp"
 #include "io/input_file.hpp"
+#include "io/model_file.hpp"
 #include "io/safetensors.hpp"
 #include "model/architectures.hpp"
-#include "model/params.hpp"
 #include "naive/test_util.hpp"
+#include "spec/params.hpp"
 #include "train/optimizer.hpp"
 #include "train/trainer.hpp"
 

@@ -17,11 +17,13 @@
 #include "core/error.hpp"
 #include "io/config_json.hpp"
 #include "io/image.hpp"
+#include "io/model_file.hpp"
 #include "io/safetensors.hpp"
 #include "model/architectures.hpp"
-#include "model/params.hpp"
+#include "moe/router_registry.hpp"
 #include "naive/test_util.hpp"
-#include "moe/router.hpp"
+#include "spec/params.hpp"
+#include "spec/router.hpp"
 
 using namespace vmoe;
 using json = nlohmann::json;

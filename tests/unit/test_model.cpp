@@ -11,14 +11,16 @@
 
 #include "core/error.hpp"
 #include "io/config_json.hpp"
+#include "io/model_file.hpp"
 #include "model/architectures.hpp"
-#include "model/cost.hpp"
 #include "model/engine.hpp"
-#include "model/params.hpp"
+#include "moe/router_registry.hpp"
 #include "naive/naive_ops.hpp"
 #include "naive/test_util.hpp"
 #include "nn/context.hpp"
-#include "moe/router.hpp"
+#include "spec/cost.hpp"
+#include "spec/params.hpp"
+#include "spec/router.hpp"
 
 using namespace vmoe;
 

@@ -12,11 +12,12 @@
 #include "moe/balance.hpp"
 #include "moe/capacity.hpp"
 #include "moe/moe_layer.hpp"
-#include "moe/soft_moe.hpp"
+#include "moe/router_registry.hpp"
 #include "moe/routers.hpp"
+#include "moe/soft_moe.hpp"
 #include "naive/naive_ops.hpp"
 #include "naive/test_util.hpp"
-#include "moe/router.hpp"
+#include "spec/router.hpp"
 
 using namespace vmoe;
 
@@ -529,6 +530,7 @@ TEST_CASE("balance bias: the choice uses biased logits, the gates stay unbiased"
   const int D = 3, E = 3, M = 2;
   MoeConfig moe;
   moe.layers = {0};
+  moe.router = &vmoe::find_router("top_k");
   moe.num_experts = E, moe.k = 1, moe.capacity_factor = 4.0, moe.capacity_multiple_of = 1;
   moe.balance = Balance::bias;
   const std::vector<float> router = {1, 0, 0, 0, 1, 0, 0, 0, 1};

@@ -17,10 +17,11 @@
 #include "core/error.hpp"
 #include "model/architectures.hpp"
 #include "model/engine.hpp"
-#include "model/route.hpp"
+#include "moe/router_registry.hpp"
+#include "spec/router.hpp"
+#include "tasks/route.hpp"
 #include "viz/canvas.hpp"
 #include "viz/pictures.hpp"
-#include "moe/router.hpp"
 
 using namespace vmoe;
 namespace fs = std::filesystem;

@@ -3,8 +3,9 @@
 
 #include "core/error.hpp"
 #include "moe/capacity.hpp"
+#include "moe/router_registry.hpp"
 #include "moe/routers.hpp"
-#include "moe/router.hpp"
+#include "spec/router.hpp"
 
 #include <algorithm>
 #include <set>

@@ -16,11 +16,12 @@
 
 #include "model/architectures.hpp"
 #include "model/engine.hpp"
-#include "model/route.hpp"
-#include "moe/router.hpp"
+#include "model/vit_train.hpp"
+#include "moe/router_registry.hpp"
 #include "nn/context.hpp"
+#include "spec/router.hpp"
+#include "tasks/route.hpp"
 #include "train/optimizer.hpp"
-#include "train/vit_train.hpp"
 
 using namespace vmoe;
 using namespace vmoe::train;

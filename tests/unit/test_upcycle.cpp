@@ -1,4 +1,4 @@
-// Sparse upcycling (lib/model/upcycle): an upcycled model with a zero router reproduces
+// Sparse upcycling (lib/tasks/upcycle): an upcycled model with a zero router reproduces
 // the dense model's logits wherever that is exact (top-k with nothing dropped, experts-
 // choice with c = S), with and without splitting the MLP into chunks; with the capacity
 // below that it does not (so the check can fail); Soft-MoE is not exact.
@@ -10,9 +10,10 @@
 #include "core/error.hpp"
 #include "model/architectures.hpp"
 #include "model/engine.hpp"
-#include "model/upcycle.hpp"
+#include "moe/router_registry.hpp"
 #include "naive/test_util.hpp"
-#include "moe/router.hpp"
+#include "spec/router.hpp"
+#include "tasks/upcycle.hpp"
 
 using namespace vmoe;
 
