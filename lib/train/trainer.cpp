@@ -193,8 +193,9 @@ std::string default_test_split(const TrainSettings& s) {
                                   const std::string& state, double lr) {
   const std::string kept = global_step > 0 ? fmt::format("{} holds the state before it", state)
                                            : std::string("nothing was saved (it was the run's first step)");
+  const std::string shown = std::isnan(value) ? "NaN" : value > 0 ? "+inf" : "-inf";
   fail("training stopped: the {} is {} at step {} of epoch {} (step {} of the run, learning rate {:.3g}); {}; lower "
-       "--lr or use --clip", what, value, s + 1, epoch + 1, global_step + 1, lr, kept);
+       "--lr or use --clip", what, shown, s + 1, epoch + 1, global_step + 1, lr, kept);
 }
 
 std::vector<EpochReport> run(Model& model, AdamW& optimizer, const TrainSettings& settings, int first_epoch,
