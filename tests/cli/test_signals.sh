@@ -9,7 +9,12 @@
 set -uo pipefail
 vmoe=$(realpath "${1:?usage: test_signals.sh VMOE_BINARY WORKDIR}")
 work=${2:?usage: test_signals.sh VMOE_BINARY WORKDIR}
-preload=$(realpath "${VMOE_TEST_PRELOAD:?set VMOE_TEST_PRELOAD to libvmoe_test_preload.so (tests/CMakeLists.txt)}")
+preload=${VMOE_TEST_PRELOAD:-}
+if [ -z "$preload" ] || [ ! -f "$preload" ]; then
+  echo "FAIL: set VMOE_TEST_PRELOAD to the built libvmoe_test_preload.so (tests/CMakeLists.txt does)"
+  exit 1
+fi
+preload=$(realpath "$preload")
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-}${ASAN_OPTIONS:+:}verify_asan_link_order=0
 source "$(dirname "$(realpath "$0")")/common/expect.sh"
