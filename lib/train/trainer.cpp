@@ -478,8 +478,8 @@ TrainingState read_training_state(const std::string& path) {
     fail("{}: bad vmoe.train metadata: {}", path, e.what());
   }
   if ((state.step == 0) != (state.epochs_done == 0 && state.in_epoch.steps == 0))
-    fail("{}: bad vmoe.train metadata: {} epochs and {} steps done but step {}", path, state.epochs_done,
-         state.in_epoch.steps, state.step);
+    fail("{}: bad vmoe.train metadata: {} epochs done but step {} ({} steps into the next epoch)", path,
+         state.epochs_done, state.step, state.in_epoch.steps);
   // Every tensor present with the right dtype and shape before anything is allocated:
   // a config claiming a huge model then costs nothing, since the file must hold the data.
   for (const char* prefix : {"", "adam_m/", "adam_v/"}) {
