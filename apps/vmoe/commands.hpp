@@ -1,6 +1,7 @@
 #pragma once
 // Each subcommand registers its options on the root app and returns what to run once
 // parsing succeeded. Subcommands parse and print; the library does the work.
+#include <atomic>
 #include <functional>
 #include <optional>
 #include <stdexcept>
@@ -68,9 +69,20 @@ void add_priority_options(CLI::App& app, std::string& priority, std::string& ove
 MoeConfig checked_routing(const ModelConfig& model, const RoutingFlags& flags);
 
 // SIGINT/SIGTERM/SIGHUP: remove the temporary files being written, then die of the
-// signal as usual. Installed by main for every command.
+// signal as usual (exit status 128 + signal). Installed by main for every command, as a
+// process-wide handler that works whichever thread the kernel picks.
 void install_cleanup_on_signals();
-// The same handler, for commands with their own SIGINT handling (train's second Ctrl-C).
-void cleanup_and_die(int signal);
+// Remove the temporary files and die of `signal` (async-signal-safe).
+[[noreturn]] void cleanup_and_die(int signal);
+// From now on the first stop signal only sets the returned flag (the command stops at a
+// safe point and saves its state); a second one dies at once. stop_signal() says which
+// signal asked to stop (0: none).
+const std::atomic<bool>* stop_on_signals();
+int stop_signal();
+// Thrown by a command that stopped because of stop_signal(): main unwinds (releasing
+// locks), then dies of that signal, so a calling shell sees the interruption.
+struct Interrupted {
+  int signal;
+};
 
 }  // namespace vmoe::cli

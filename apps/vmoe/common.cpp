@@ -1,12 +1,16 @@
+#include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <limits>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -153,14 +157,74 @@ void add_routing_options(CLI::App& app, RoutingFlags& flags, bool with_capacity_
 
 namespace vmoe::cli {
 
+namespace {
+
+// What a SIGINT, SIGTERM or SIGHUP does, read by the handler (lock-free atomics are
+// async-signal-safe). By default: remove our temporary files and die of the signal.
+// After stop_on_signals() (train): the first one sets g_stop and is kept in g_stop_signal;
+// a second one dies at once.
+std::atomic<bool> g_graceful{false};
+std::atomic<bool> g_stop{false};
+std::atomic<int> g_stop_signal{0};
+
+constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGHUP};
+
+void on_signal(int signal) {
+  int none = 0;
+  if (g_graceful.load() && g_stop_signal.compare_exchange_strong(none, signal)) {
+    g_stop.store(true);
+    return;
+  }
+  cleanup_and_die(signal);
+}
+
+sigset_t stop_signal_set() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : kStopSignals) sigaddset(&set, s);
+  return set;
+}
+
+}  // namespace
+
 void cleanup_and_die(int signal) {
   remove_temp_files_now();  // async-signal-safe: unlink() of fixed paths
   std::signal(signal, SIG_DFL);
+  const sigset_t set = stop_signal_set();
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);  // a thread that blocked it (train's) must take it now
   std::raise(signal);  // the usual death (exit status 128 + signal for the shell)
+  ::_exit(128 + signal);  // not reached: the signal is unblocked and its action is the default
 }
 
+// A real handler, not a mask plus sigwait: the kernel gives a process-directed signal to
+// any thread that does not block it, and threads started before main (OpenBLAS's pool,
+// loaded with OpenCV) never saw our mask (issue 24, D9). Whichever thread runs it, the
+// handler does the same async-signal-safe thing.
 void install_cleanup_on_signals() {
-  for (int s : {SIGINT, SIGTERM, SIGHUP}) std::signal(s, cleanup_and_die);
+  struct sigaction action {};
+  action.sa_handler = on_signal;
+  action.sa_flags = SA_RESTART;
+  sigemptyset(&action.sa_mask);
+  for (int s : kStopSignals) sigaddset(&action.sa_mask, s);  // one handler at a time
+  for (int s : kStopSignals) sigaction(s, &action, nullptr);
 }
+
+// The stop signals are blocked in the calling thread, so the OpenMP threads it starts
+// later inherit the block: a handler run on a thread inside a oneDNN primitive's
+// OpenMP region coincided with heap corruption (docs/KNOWN_PROBLEMS.md). One idle
+// watcher thread keeps them unblocked, so they always have a thread of ours to land on
+// (a thread started before main may take them instead: same handler, same effect).
+const std::atomic<bool>* stop_on_signals() {
+  g_graceful.store(true);
+  const sigset_t set = stop_signal_set();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::thread([set] {
+    pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+    for (;;) ::pause();
+  }).detach();
+  return &g_stop;
+}
+
+int stop_signal() { return g_stop_signal.load(); }
 
 }  // namespace vmoe::cli

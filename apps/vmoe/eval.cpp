@@ -105,6 +105,12 @@ Run add_eval(CLI::App& root) {
     if (model.config.moe) checked_routing(model.config, args->routing);
     engine.set_routing(args->routing.overrides());
     const Dataset dataset = load_dataset(args->data, args->data_dir);
+    // Before any image is decoded or evaluated: a batch that cannot fit fails now, with
+    // the estimate (evaluate() checks the same, for library callers).
+    const int64_t group = engine.routing() ? engine.routing()->group_images : 1;
+    const int64_t images = args->limit >= 0 ? std::min<int64_t>(args->limit, dataset.size()) : dataset.size();
+    const int64_t batch = std::min(std::max<int64_t>(group, args->batch / group * group), (images + group - 1) / group * group);
+    check_batch_memory(model.config, engine.routing(), std::max<int64_t>(batch, 1));
     if (isatty(STDERR_FILENO)) options.progress = progress_bar;
     print_result(evaluate(engine, dataset, options), args->format);
   };

@@ -62,6 +62,8 @@ int main(int argc, char** argv) {
   try {
     for (const auto& [name, run] : commands)
       if (app.got_subcommand(name)) run();
+  } catch (const vmoe::cli::Interrupted& stop) {
+    vmoe::cli::cleanup_and_die(stop.signal);  // after unwinding: locks released, state saved
   } catch (const vmoe::cli::UsageError& e) {
     print_error(e.what());
     return 2;

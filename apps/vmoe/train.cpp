@@ -3,11 +3,8 @@
 #include <omp.h>
 #include <unistd.h>
 
-#include <atomic>
-#include <pthread.h>
-
 #include <csignal>
-#include <thread>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -18,6 +15,7 @@
 #include "commands.hpp"
 #include "core/error.hpp"
 #include "io/config_json.hpp"
+#include "io/file_lock.hpp"
 #include "io/input_file.hpp"
 #include "io/model_file.hpp"
 #include "model/architectures.hpp"
@@ -37,29 +35,6 @@ bool is_soft_moe(const MoeConfig& m) {
   return false;
 }
 
-std::atomic<bool> g_stop{false};  // set by SIGINT: stop between steps, keep the last checkpoint
-
-// SIGINT is blocked in every thread and taken by one watcher thread in sigwait: delivered
-// to a computing thread, it interrupted oneDNN's OpenMP waits mid-primitive and the run
-// could abort with a corrupted heap (docs/KNOWN_PROBLEMS.md: 4 of 12 interrupted runs with
-// 2 threads). Called before any OpenMP thread exists, so they all inherit the mask.
-void watch_interrupts() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  std::thread([set] {
-    int signal = 0;
-    while (sigwait(&set, &signal) == 0) {
-      if (g_stop) {  // a second Ctrl-C ends the process at once, temp files removed
-        pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
-        cleanup_and_die(signal);
-      }
-      g_stop = true;
-    }
-  }).detach();
-}
-
 struct TrainArgs {
   train::TrainSettings settings;
   std::string arch, output, log, resume, router, init_from;
@@ -73,6 +48,8 @@ struct TrainArgs {
   std::vector<int> moe_layers;
   bool no_augment = false;
   int threads = 0;
+  int64_t checkpoint_every = 0;
+  double checkpoint_minutes = 5;
 
   bool has_routing_variant() const {
     return eval_capacity_factor || !priority.empty() || !gating.empty() || !overflow.empty() || dropless;
@@ -271,7 +248,14 @@ Run add_train(CLI::App& root) {
   app->add_option("--limit", s.limit, "use only the first N training images")->check(kPositive);
   app->add_option("--test-limit", s.test_limit, "evaluate only the first N test images")->check(kPositive);
   app->add_option("--log", a->log, "append per-epoch metrics to this CSV file");
-  app->add_option("--threads", a->threads, "OpenMP threads")->check(CLI::Range(1, 1024));
+  app->add_option("--threads", a->threads, "OpenMP threads (a resumed run gives the same model with the same count)")
+      ->check(CLI::Range(1, 1024));
+  app->add_option("--checkpoint-every", a->checkpoint_every,
+                  "also save the training state (MODEL.train) every N steps inside an epoch (0: off)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
+  app->add_option("--checkpoint-minutes", a->checkpoint_minutes,
+                  "also save the training state when this many minutes passed since the last save (default 5; 0: off)")
+      ->check(number_in(0, 1e6));
   app->add_option("--router", a->router, "MoE router")->check(CLI::IsMember(router_list()));
   app->add_option("--experts", a->experts, "experts per MoE layer")->check(CLI::Range(1, 4096));
   app->add_option("--k", a->k, "experts per token (top-k)")->check(CLI::Range(1, 4096));
@@ -330,7 +314,20 @@ Run add_train(CLI::App& root) {
     a->settings.augment = !a->no_augment;
     const bool tty = ::isatty(2);
     train::TrainCallbacks callbacks;
-    callbacks.stop = &g_stop;
+    callbacks.stop = stop_on_signals();  // before any OpenMP thread exists (they inherit its mask)
+    callbacks.checkpoint_every = a->checkpoint_every;
+    callbacks.checkpoint_seconds = 60 * a->checkpoint_minutes;
+    bool stopped = false;
+    callbacks.on_stop = [&stopped, tty, output = a->output](const train::StopReport& r) {
+      stopped = true;
+      if (r.state.empty())
+        fmt::print(stderr, "{}interrupted by SIG{} before the first step: nothing saved\n", tty ? "\n" : "",
+                   sigabbrev_np(stop_signal()));
+      else
+        fmt::print(stderr, "{}interrupted by SIG{} after step {}/{} of epoch {}: the state is in {} (continue with vmoe "
+                   "train --resume {} -o {}); {} holds the last completed epoch\n", tty ? "\n" : "",
+                   sigabbrev_np(stop_signal()), r.step, r.steps_per_epoch, r.epoch, r.state, r.state, output, output);
+    };
     callbacks.on_step = [tty](const train::StepProgress& p) {
       if (!tty) return;
       const int width = 30, filled = static_cast<int>(width * p.step / p.steps_per_epoch);
@@ -347,11 +344,11 @@ Run add_train(CLI::App& root) {
                  r.images_per_s, output);
       if (!log.empty()) append_log(log, r);
     };
-    watch_interrupts();
     if (!a->resume.empty() && !a->init_from.empty()) throw UsageError("give --resume or --init-from, not both");
     // Refuse a device, FIFO, symlink or directory as output now, not after an epoch.
     check_output_path(a->output, "model");
     check_output_path(a->output + ".train", "training state");
+    const FileLock lock(a->output);  // a second run on the same files is refused, now
     if (!a->init_from.empty()) {
       Model initial = initial_from_file(*a);
       check_run_settings(initial.config);
@@ -375,10 +372,7 @@ Run add_train(CLI::App& root) {
       Model initial = init_model(config, a->settings.seed, soft_scale);
       train::train_model(initial, a->settings, a->output, callbacks);
     }
-    if (g_stop) {
-      fmt::print(stderr, "\ninterrupted: {} and {}.train hold the last completed epoch\n", a->output, a->output);
-      throw Error("training interrupted");
-    }
+    if (stopped) throw Interrupted{stop_signal()};
   };
 }
 

@@ -3,6 +3,7 @@
 #include <set>
 
 #include "core/error.hpp"
+#include "tensor/finite_check.hpp"
 #include "io/config_json.hpp"
 #include "io/safetensors.hpp"
 
@@ -29,6 +30,7 @@ Model load_model(const std::string& path) {
     if (e.shape != slot.shape)
       fail("{}: tensor \"{}\" has shape {}, config implies {}", path, slot.name, shape_str(e.shape), shape_str(slot.shape));
     *slot.tensor = file.read_f32(slot.name);
+    check_finite(*slot.tensor, slot.name, path);
   }
   for (const auto& [name, e] : file.tensors())
     if (!expected.count(name)) fail("{}: unexpected tensor \"{}\" (not implied by the config)", path, name);

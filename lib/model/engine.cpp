@@ -1,5 +1,7 @@
 #include "model/engine.hpp"
 
+#include "core/finite.hpp"
+
 #include <omp.h>
 
 #include <cmath>
@@ -117,6 +119,7 @@ void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* tim
     ScopedStage stage(times, &StageTimes::norms);
     norm.run(h, x, b.ln0_scale.data(), b.ln0_bias.data());
   }
+  check_stage(h, N * D, D, i, "first layer norm");
   {
     ScopedStage stage(times, &StageTimes::attention);
     GemmSpec qkv_spec;
@@ -130,10 +133,12 @@ void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* tim
     out_spec.m = N, out_spec.k = D, out_spec.n = D, out_spec.bias = true, out_spec.beta = 1.0f;
     cache_.gemm(out_spec).run(x, attn, b.out_kernel.data(), b.out_bias.data());
   }
+  check_stage(x, N * D, D, i, "attention");
   {
     ScopedStage stage(times, &StageTimes::norms);
     norm.run(h, x, b.ln1_scale.data(), b.ln1_bias.data());
   }
+  check_stage(h, N * D, D, i, "second layer norm");
   if (c.is_moe_layer(i)) {
     MoeWeights w{b.mlp0_kernel.data(), b.mlp0_bias.data(), b.mlp1_kernel.data(), b.mlp1_bias.data(),
                  b.router_kernel.data(), packed_[i].soft_mu.data(), gelu_activation(c)};
@@ -143,7 +148,13 @@ void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* tim
     w.shared_w0 = b.shared0_kernel.data(), w.shared_b0 = b.shared0_bias.data();
     w.shared_w1 = b.shared1_kernel.data(), w.shared_b1 = b.shared1_bias.data();
     MoeShape shape{N, static_cast<int>(T), static_cast<int>(D), c.expert_mlp_dim()};
+    moe_ws_.first_bad_gate = -1;
     moe_forward(x, h, shape, *routing_, w, moe_ws_, cache_, trace, times);
+    if (moe_ws_.first_bad_gate >= 0) {
+      gates_bad_ = true;
+      if (locate_) report_non_finite(i, "router logits", moe_ws_.first_bad_gate, moe_ws_.bad_gate_value, c.moe->num_experts);
+    }
+    check_stage(x, N * D, D, i, "MoE MLP");
     return;
   }
   ScopedStage stage(times, &StageTimes::dense_mlp);
@@ -154,6 +165,7 @@ void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* tim
   float* hidden = hidden_.reserve(N * M);
   cache_.gemm(up).run(hidden, h, b.mlp0_kernel.data(), b.mlp0_bias.data());
   cache_.gemm(down).run(x, hidden, b.mlp1_kernel.data(), b.mlp1_bias.data());
+  check_stage(x, N * D, D, i, "MLP");
 }
 
 // logits = head(pre_logits?(pool(encoder_norm(x))))
@@ -201,13 +213,12 @@ int Engine::threads_for_batch(int B) const {
   return flops_per_block < kMinFlopsPerBlockForThreads ? 1 : omp_get_max_threads();
 }
 
-void Engine::forward(float* logits, const float* images, int B, RoutingTrace* trace, StageTimes* times) {
-  if (B <= 0) fail("forward: batch of {} images", B);
-  const ThreadLimit limit(threads_for_batch(B));
+void Engine::run_forward(float* logits, const float* images, int B, RoutingTrace* trace, StageTimes* times) {
   const ModelConfig& c = model_.config;
   const int64_t N = int64_t{B} * c.num_tokens();
   float* x = x_.reserve(N * c.hidden_size);
   embed(x, images, B, times);
+  check_stage(x, N * c.hidden_size, c.hidden_size, -1, "embedding");
   if (trace) trace->layers.clear();
   for (int i = 0; i < c.num_layers; ++i) {
     MoeLayerTrace* layer_trace = nullptr;
@@ -220,6 +231,51 @@ void Engine::forward(float* logits, const float* images, int B, RoutingTrace* tr
     block(x, i, B, layer_trace, times);
   }
   head(logits, x, B, times);
+  check_stage(logits, int64_t{B} * c.num_classes, c.num_classes, c.num_layers, "head (logits)");
+}
+
+// Checking every stage of every pass would read each activation once more; instead a
+// pass checks what it hands out (logits, (B, classes)) and the router gates ((N, E) per
+// MoE block, what routing acts on), and only a bad pass is run again stage by stage to
+// say where it first went wrong. The weights were checked when loaded, so a bad pass is
+// an overflow at run time (or an inf/NaN in the images).
+void Engine::forward(float* logits, const float* images, int B, RoutingTrace* trace, StageTimes* times) {
+  if (B <= 0) fail("forward: batch of {} images", B);
+  const ThreadLimit limit(threads_for_batch(B));
+  const ModelConfig& c = model_.config;
+  gates_bad_ = false;
+  run_forward(logits, images, B, trace, times);
+  if (!gates_bad_ && first_non_finite(logits, int64_t{B} * c.num_classes) < 0) return;
+  const int64_t image_floats = int64_t{B} * c.image.height * c.image.width * c.image.channels;
+  if (const int64_t i = first_non_finite(images, image_floats); i >= 0)
+    fail("forward pass: the input images hold {} (image {})", non_finite_name(images[i]),
+         i / (int64_t{c.image.height} * c.image.width * c.image.channels));
+  struct Locating {  // run_forward again, throwing at the first stage that is not finite
+    Engine& e;
+    explicit Locating(Engine& engine) : e(engine) { e.locate_ = true, e.tokens_ = e.model_.config.num_tokens(); }
+    ~Locating() { e.locate_ = false; }
+  } locating(*this);
+  std::vector<float> scratch(static_cast<size_t>(B) * c.num_classes);
+  run_forward(scratch.data(), images, B, nullptr, nullptr);
+  fail("forward pass: non-finite logits or router gates, but a second pass found every stage finite");
+}
+
+void Engine::check_stage(const float* x, int64_t n, int64_t width, int block, const char* stage) const {
+  if (!locate_) return;
+  if (const int64_t i = first_non_finite(x, n); i >= 0) report_non_finite(block, stage, i, x[i], width);
+}
+
+void Engine::report_non_finite(int block, const char* stage, int64_t i, float value, int64_t width) const {
+  const int64_t row = i / width, column = i % width;
+  const std::string where = block < 0 ? "the patch embedding"
+                            : block >= model_.config.num_layers ? std::string(stage)
+                                                                : fmt::format("block {}, {}", block, stage);
+  const bool per_token = block < model_.config.num_layers;
+  const std::string at = per_token ? fmt::format("image {}, token {}, {} {}", row / tokens_, row % tokens_,
+                                                 std::string(stage) == "router logits" ? "expert" : "channel", column)
+                                   : fmt::format("image {}, class {}", row, column);
+  fail("forward pass: values first went non-finite in {} ({} at {}); the weights are finite, so the activations "
+       "overflowed (weights or inputs too large)", where, non_finite_name(value), at);
 }
 
 }  // namespace vmoe

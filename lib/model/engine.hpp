@@ -24,6 +24,8 @@ class Engine {
 
   // images: (B, H, W, C) already mapped onto the value range. logits: (B, classes).
   // trace (optional) receives one entry per MoE layer; times (optional) adds stage times.
+  // Throws vmoe::Error naming the block and stage where values first went non-finite
+  // when a logit or a router gate is NaN or infinite (issue 24, D10).
   void forward(float* logits, const float* images, int B, RoutingTrace* trace = nullptr, StageTimes* times = nullptr);
 
   size_t primitives_created() const { return cache_.size(); }
@@ -37,6 +39,10 @@ class Engine {
     Tensor qkv_bias;  // (3D)
     Tensor soft_mu;  // (D, E*P)  scale * mu normalised over D
   };
+  void run_forward(float* logits, const float* images, int B, RoutingTrace* trace, StageTimes* times);
+  // While locating: throws if x[0, n) holds a NaN or infinity, naming `where`.
+  void check_stage(const float* x, int64_t n, int64_t width, int block, const char* stage) const;
+  [[noreturn]] void report_non_finite(int block, const char* stage, int64_t index, float value, int64_t width) const;
   void embed(float* x, const float* images, int B, StageTimes* times);
   void block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* times);
   void head(float* logits, const float* x, int B, StageTimes* times);
@@ -47,6 +53,10 @@ class Engine {
   nn::PrimitiveCache cache_;
   Scratch patches_, embedded_, x_, h_, qkv_, attn_, scores_, hidden_, pooled_, pre_logits_;
   MoeWorkspace moe_ws_;
+  // Non-finite checks: every pass checks its logits and router gates (cheap); only when
+  // one is bad, the pass runs again with `locate_` set, checking after every stage.
+  bool locate_ = false, gates_bad_ = false;
+  int tokens_ = 0;  // T of the pass being located, for the message's (image, token)
 };
 
 }  // namespace vmoe

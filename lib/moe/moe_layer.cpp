@@ -1,5 +1,7 @@
 #include "moe/moe_layer.hpp"
 
+#include "core/finite.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -34,10 +36,16 @@ using nn::GemmSpec;
 // gates (N, E) = softmax(h @ router); with a balance bias (E) also
 // select (N, E) = h @ router + bias, the logits top-k chooses by.
 void router_gates(float* gates, float* select, const float* balance_bias, const float* h, const float* router,
-                  int64_t N, int D, int E, nn::PrimitiveCache& cache) {
+                  int64_t N, int D, int E, nn::PrimitiveCache& cache, MoeWorkspace* ws = nullptr) {
   GemmSpec s;
   s.m = N, s.k = D, s.n = E;
   cache.gemm(s).run(gates, h, router);
+  // The logits, not the gates: the softmax clamps what it exponentiates, so logits of
+  // +-inf give finite nonsense gates. One read of (N, E): cheap beside the GEMM.
+  if (ws) {
+    ws->first_bad_gate = first_non_finite(gates, N * E);
+    if (ws->first_bad_gate >= 0) ws->bad_gate_value = gates[ws->first_bad_gate];
+  }
   if (balance_bias)
     for (int64_t n = 0; n < N; ++n)
       for (int e = 0; e < E; ++e) select[n * E + e] = gates[n * E + e] + balance_bias[e];
@@ -209,7 +217,7 @@ void token_router_forward(float* x, const float* h, const MoeShape& sh, const Mo
   float* select = biased ? ws.select.reserve(N * E) : nullptr;
   {
     ScopedStage stage(times, &StageTimes::router);
-    router_gates(gates, select, biased ? w.balance_bias : nullptr, h, w.router, N, D, E, cache);
+    router_gates(gates, select, biased ? w.balance_bias : nullptr, h, w.router, N, D, E, cache, &ws);
     if (w.priority_kernel) {
       scores = ws.scores.reserve(N);
       learned_priority(scores, h, w.priority_kernel, *w.priority_bias, N, D);

@@ -55,6 +55,12 @@ struct MoeWorkspace {
   // max_rows summed over groups) and rows of one expert (its capacity, at most S, summed
   // over groups). The engine sizes its expert buffers by them once per batch size.
   int64_t max_rows = 0, max_expert_rows = 0;
+  // Index into the router logits (N, E) of the first NaN or infinity of the last forward
+  // and its value, -1 when all were finite (routers with gates: top-k, experts-choice).
+  // Such logits give finite nonsense gates that route to nothing and can leave the
+  // model's logits finite, so the engine looks here (D10).
+  int64_t first_bad_gate = -1;
+  float bad_gate_value = 0;
 };
 
 struct MoeShape {

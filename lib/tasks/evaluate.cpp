@@ -1,5 +1,9 @@
 #include "tasks/evaluate.hpp"
 
+#include <unistd.h>
+
+#include <fstream>
+
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -201,6 +205,45 @@ std::vector<double> EvalResult::foreground_kept_any() const {
 
 double EvalResult::foreground_per_image() const { return ratio(counts.foreground_patches, counts.images); }
 
+double batch_memory_bytes(const ModelConfig& c, const MoeConfig* routing, int64_t B) {
+  const double T = c.num_tokens(), D = c.hidden_size;
+  const double image = double{1} * c.image.height * c.image.width * c.image.channels;
+  // Per token: x, h, attention output, embedding (D each), QKV (3D), dense MLP hidden (M).
+  double per_token = 7 * D + c.mlp_dim;
+  if (routing && !routing->layers.empty()) {
+    const double S = double{1} * routing->group_images * T;  // tokens routed together
+    const double rows = static_cast<double>(routing->router->max_rows(*routing, static_cast<int64_t>(S))) / S;
+    const double E = routing->num_experts, slots = double{1} * routing->num_experts * routing->slots_per_expert;
+    const double router = routing->router->trace_slots(*routing) > 0 ? 3 * slots : 2 * E;  // (N, slots) x3 or (N, E) x2
+    per_token = std::max(per_token, 6 * D + router + rows * (2 * D + c.expert_mlp_dim()));
+  }
+  return 4.0 * static_cast<double>(B) * (image + T * per_token + c.num_classes);
+}
+
+namespace {
+double available_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  double kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  return static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+}
+}  // namespace
+
+void check_batch_memory(const ModelConfig& c, const MoeConfig* routing, int64_t B) {
+  const double need = batch_memory_bytes(c, routing, B), have = available_bytes();
+  if (have <= 0 || need <= have) return;
+  const double per_image = batch_memory_bytes(c, routing, 1);
+  const auto fits = static_cast<int64_t>(have / per_image);
+  constexpr double GiB = 1 << 30;
+  fail("a batch of {} images needs about {:.1f} GiB ({:.1f} MiB an image for this model) but {:.1f} GiB are "
+       "available: lower the batch size (--batch {} or less{})",
+       B, need / GiB, per_image / (1 << 20), have / GiB, std::max<int64_t>(fits, 1),
+       fits < 1 ? "; even one image does not fit" : "");
+}
+
 EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& options) {
   const ModelConfig& c = engine.config();
   const MoeConfig* moe = engine.routing();
@@ -237,7 +280,11 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
   if (moe)
     for (int layer : moe->layers) k.layers.push_back({.layer = layer});
 
-  const int batch = std::max(group, options.batch / group * group);
+  // No bigger than the images to evaluate (whole groups), and refused up front if it
+  // cannot fit in memory.
+  const int64_t needed = (static_cast<int64_t>(mine.size()) + group - 1) / group * group;
+  const int batch = static_cast<int>(std::min<int64_t>(std::max(group, options.batch / group * group), std::max<int64_t>(needed, group)));
+  check_batch_memory(c, moe, batch);
   const int64_t image_size = int64_t{c.image.height} * c.image.width * c.image.channels;
   const int C = c.num_classes;
   std::vector<float> images(static_cast<size_t>(batch) * image_size);

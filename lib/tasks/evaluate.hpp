@@ -74,6 +74,16 @@ struct EvalResult {
   double foreground_per_image() const;  // mean foreground patches per image
 };
 
+// About how many bytes evaluating batches of B images takes beyond the weights: the
+// batch's images (B, H, W, C) and the engine's activations (the residual, norms, QKV,
+// attention output and MLP hidden per token, the router logits and expert rows of an
+// MoE block, the Soft-MoE dispatch and combine weights). An estimate, not a bound.
+double batch_memory_bytes(const ModelConfig& c, const MoeConfig* routing, int64_t B);
+// Throws a one-line vmoe::Error with the estimate, the memory available now
+// (/proc/meminfo's MemAvailable) and the largest batch that fits, when B does not fit:
+// better than the kernel's OOM killer an hour later.
+void check_batch_memory(const ModelConfig& c, const MoeConfig* routing, int64_t B);
+
 struct EvalOptions {
   int batch = 256;  // images per forward pass (rounded down to whole groups)
   int64_t limit = -1;  // evaluate only the first `limit` images (before sharding); < 0: all

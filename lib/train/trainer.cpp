@@ -9,6 +9,7 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -19,6 +20,7 @@
 #include "io/safetensors.hpp"
 #include "model/engine.hpp"
 #include "tasks/evaluate.hpp"
+#include "tensor/finite_check.hpp"
 
 namespace vmoe::train {
 
@@ -118,9 +120,11 @@ TrainSettings settings_from_json(const json& j) {
 }
 
 // The state file holds the model's tensors under their own names, the optimizer's
-// moments under "adam_m/..." and "adam_v/...", and the run in the "vmoe.train" metadata.
+// moments under "adam_m/..." and "adam_v/...", and the run in the "vmoe.train" metadata:
+// settings, progress and, inside an epoch, everything that epoch's remaining steps
+// depend on (the data and noise generators) plus its report so far.
 void save_state(const std::string& path, Model& model, AdamW& optimizer, const TrainSettings& settings,
-                int epochs_done) {
+                int epochs_done, const EpochProgress& at) {
   NamedTensors named;
   auto p = param_slots(model.params, model.config);
   auto m = param_slots(optimizer.first_moment(), model.config);
@@ -129,7 +133,32 @@ void save_state(const std::string& path, Model& model, AdamW& optimizer, const T
   for (const ParamSlot& s : m) named.emplace_back("adam_m/" + s.name, s.tensor);
   for (const ParamSlot& s : v) named.emplace_back("adam_v/" + s.name, s.tensor);
   json run{{"settings", settings_to_json(settings)}, {"epochs_done", epochs_done}, {"step", optimizer.steps()}};
+  if (at.steps > 0) {
+    run["epoch_step"] = at.steps;
+    run["data_rng"] = at.data_rng;
+    run["noise_rng"] = at.noise_rng;
+    run["partial"] = {{"loss", at.loss},       {"aux_importance", at.aux_importance}, {"aux_load", at.aux_load},
+                      {"correct", at.correct}, {"seconds", at.seconds},               {"expert_rows", at.expert_rows}};
+  }
   write_safetensors(path, named, {{"vmoe.config", config_to_json(model.config)}, {"vmoe.train", run.dump()}});
+}
+
+template <class Engine>
+std::string engine_text(const Engine& rng) {
+  std::ostringstream out;
+  out << rng;
+  return out.str();
+}
+
+// The generator state a checkpoint wrote (engine_text), or a one-line error.
+void engine_from_text(std::mt19937_64& rng, const std::string& text, const char* what) {
+  std::istringstream in(text);
+  std::mt19937_64 read;
+  in >> read;
+  if (in.fail()) fail("bad \"{}\" (not a generator state)", what);
+  in >> std::ws;
+  if (!in.eof()) fail("bad \"{}\" (text after the generator state)", what);
+  rng = read;
 }
 
 // dst = src shifted by (dx, dy) (pixels uncovered take `fill`), optionally mirrored.
@@ -159,8 +188,18 @@ std::string default_test_split(const TrainSettings& s) {
   return s.data == "fashion-mnist:train" ? "fashion-mnist:test" : "";
 }
 
+// One line for a training step that produced NaN or infinity.
+[[noreturn]] void fail_non_finite(const char* what, double value, int epoch, int64_t s, int64_t global_step,
+                                  const std::string& state, double lr) {
+  const std::string kept = global_step > 0 ? fmt::format("{} holds the state before it", state)
+                                           : std::string("nothing was saved (it was the run's first step)");
+  const std::string shown = std::isnan(value) ? "NaN" : value > 0 ? "+inf" : "-inf";
+  fail("training stopped: the {} is {} at step {} of epoch {} (step {} of the run, learning rate {:.3g}); {}; lower "
+       "--lr or use --clip", what, shown, s + 1, epoch + 1, global_step + 1, lr, kept);
+}
+
 std::vector<EpochReport> run(Model& model, AdamW& optimizer, const TrainSettings& settings, int first_epoch,
-                             const std::string& output, const TrainCallbacks& callbacks) {
+                             const EpochProgress& resume_at, const std::string& output, const TrainCallbacks& callbacks) {
   const ModelConfig& c = model.config;
   if (settings.batch <= 0) fail("training batch must be positive");
   if (settings.epochs <= 0) fail("epochs must be positive");
@@ -171,6 +210,11 @@ std::vector<EpochReport> run(Model& model, AdamW& optimizer, const TrainSettings
   const int B = settings.batch;
   const int64_t steps_per_epoch = n / B;
   if (steps_per_epoch == 0) fail("{}: {} training images are fewer than one batch of {}", settings.data, n, B);
+  // A state must sit where this data puts it (a changed dataset would shift every step).
+  if (resume_at.steps >= steps_per_epoch || optimizer.steps() != first_epoch * steps_per_epoch + resume_at.steps)
+    fail("the training state is at step {} ({} epochs and {} steps done), which {} with {} steps per epoch does not "
+         "reach: the training data changed", optimizer.steps(), first_epoch, resume_at.steps, settings.data,
+         steps_per_epoch);
   const int64_t image_size = int64_t{c.image.height} * c.image.width * c.image.channels;
   // Decode and preprocess every training image once.
   std::vector<float> images(static_cast<size_t>(n * image_size));
@@ -212,9 +256,15 @@ std::vector<EpochReport> run(Model& model, AdamW& optimizer, const TrainSettings
   std::vector<float> batch(static_cast<size_t>(B * image_size));
   std::vector<int> batch_labels(B);
   std::vector<EpochReport> reports;
+  const std::string state_path = output + ".train";
+  // The optimizer step of the last state written (a resumed run's file is where it
+  // resumed; a fresh run saves nothing before its first step).
+  int64_t saved_step = optimizer.steps();
+  auto last_save = Clock::now();
 
   for (int epoch = first_epoch; epoch < settings.epochs; ++epoch) {
-    // Every epoch's randomness derives from (seed, epoch), so a resumed run is the same run.
+    // Every epoch's randomness derives from (seed, epoch), so a resumed run is the same run;
+    // inside an epoch, a checkpoint keeps both generators' states.
     std::mt19937_64 data_rng(settings.seed * 1000003ULL + static_cast<uint64_t>(epoch));
     std::mt19937_64 noise_rng(settings.seed * 7919ULL + 0x9E3779B97F4A7C15ULL * (epoch + 1));
     std::vector<int64_t> order(n);
@@ -225,10 +275,45 @@ std::vector<EpochReport> run(Model& model, AdamW& optimizer, const TrainSettings
     report.epochs = settings.epochs;
     int64_t correct = 0;
     std::vector<std::vector<double>> rows;
+    int64_t first_step = 0;
+    double seconds_before = 0;  // of this epoch, in the runs before a resume
+    if (epoch == first_epoch && resume_at.steps > 0) {
+      first_step = resume_at.steps;
+      engine_from_text(data_rng, resume_at.data_rng, "data_rng");
+      engine_from_text(noise_rng, resume_at.noise_rng, "noise_rng");
+      report.loss = resume_at.loss, report.aux_importance = resume_at.aux_importance, report.aux_load = resume_at.aux_load;
+      correct = resume_at.correct;
+      rows = resume_at.expert_rows;
+      seconds_before = resume_at.seconds;
+    }
     const auto start = Clock::now();
+    auto progress_at = [&](int64_t steps_done) {
+      EpochProgress p;
+      p.steps = steps_done;
+      p.data_rng = engine_text(data_rng);
+      p.noise_rng = engine_text(noise_rng);
+      p.loss = report.loss, p.aux_importance = report.aux_importance, p.aux_load = report.aux_load;
+      p.correct = correct;
+      p.seconds = seconds_before + std::chrono::duration<double>(Clock::now() - start).count();
+      p.expert_rows = rows;
+      return p;
+    };
+    auto checkpoint = [&](int64_t steps_done) {
+      save_state(state_path, model, optimizer, settings, epoch, progress_at(steps_done));
+      saved_step = optimizer.steps();
+      last_save = Clock::now();
+    };
     std::uniform_int_distribution<int> shift(-settings.crop_padding, settings.crop_padding);
-    for (int64_t s = 0; s < steps_per_epoch; ++s) {
-      if (callbacks.stop && callbacks.stop->load()) return reports;
+    for (int64_t s = first_step; s < steps_per_epoch; ++s) {
+      if (callbacks.stop && callbacks.stop->load()) {
+        if (saved_step != optimizer.steps()) checkpoint(s);
+        const bool any = optimizer.steps() > 0;  // else nothing was ever saved
+        if (callbacks.on_stop) callbacks.on_stop({epoch + 1, s, steps_per_epoch, any ? state_path : ""});
+        return reports;
+      }
+      // The generators before this step: a step that goes non-finite is not applied, and
+      // the state saved then must replay it from its start.
+      const std::mt19937_64 data_before = data_rng, noise_before = noise_rng;
       for (int b = 0; b < B; ++b) {
         const int64_t i = order[s * B + b];
         float* dst = batch.data() + b * image_size;
@@ -246,7 +331,21 @@ std::vector<EpochReport> run(Model& model, AdamW& optimizer, const TrainSettings
       const double lr = learning_rate(global_step, total_steps, warmup, settings.lr);
       TrainGraph& graph = *graphs[static_cast<size_t>(global_step) % graphs.size()];
       StepResult r = graph.step(model.params, grads, batch.data(), batch_labels.data(), &noise_rng, loss_options);
-      clip_grad_norm(grads, c, settings.clip_norm);
+      const double norm = clip_grad_norm(grads, c, settings.clip_norm);
+      const char* bad = !std::isfinite(r.loss)             ? "loss"
+                        : !std::isfinite(r.aux_importance) ? "importance loss"
+                        : !std::isfinite(r.aux_load)       ? "load loss"
+                        : !std::isfinite(norm)             ? "gradient norm"
+                                                           : nullptr;
+      if (bad) {  // the parameters are still those before this step: keep them
+        const double value = std::string(bad) == "gradient norm" ? norm
+                             : std::string(bad) == "loss"        ? r.loss
+                             : std::string(bad) == "load loss"   ? r.aux_load
+                                                                 : r.aux_importance;
+        data_rng = data_before, noise_rng = noise_before;
+        if (saved_step != optimizer.steps()) checkpoint(s);
+        fail_non_finite(bad, value, epoch, s, global_step, state_path, lr);
+      }
       optimizer.step(model.params, grads, static_cast<float>(lr));
       update_balance_biases(model.params, c, r, static_cast<float>(settings.balance_rate));
       report.loss += r.loss / steps_per_epoch;
@@ -255,17 +354,23 @@ std::vector<EpochReport> run(Model& model, AdamW& optimizer, const TrainSettings
       report.lr = lr;
       correct += r.correct;
       if (rows.empty()) rows.assign(r.expert_rows.size(), {});
+      if (rows.size() != r.expert_rows.size()) fail("the training state's \"expert_rows\" do not match the model");
       for (size_t l = 0; l < r.expert_rows.size(); ++l) {
         rows[l].resize(r.expert_rows[l].size());
         for (size_t e = 0; e < r.expert_rows[l].size(); ++e) rows[l][e] += static_cast<double>(r.expert_rows[l][e]);
       }
       if (callbacks.on_step) {
-        const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+        const double secs = std::chrono::duration<double>(Clock::now() - start).count();  // in this process
         callbacks.on_step({epoch + 1, s + 1, steps_per_epoch, report.loss * steps_per_epoch / (s + 1),
-                           static_cast<double>(correct) / ((s + 1) * B), (s + 1) * B / std::max(secs, 1e-9)});
+                           static_cast<double>(correct) / ((s + 1) * B), (s + 1 - first_step) * B / std::max(secs, 1e-9)});
       }
+      // The epoch's last step is followed by the epoch-end save below.
+      const bool every = callbacks.checkpoint_every > 0 && optimizer.steps() % callbacks.checkpoint_every == 0;
+      const bool timed = callbacks.checkpoint_seconds > 0 &&
+                         std::chrono::duration<double>(Clock::now() - last_save).count() >= callbacks.checkpoint_seconds;
+      if (s + 1 < steps_per_epoch && (every || timed)) checkpoint(s + 1);
     }
-    report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    report.seconds = seconds_before + std::chrono::duration<double>(Clock::now() - start).count();
     report.images_per_s = static_cast<double>(steps_per_epoch * B) / report.seconds;
     report.train_accuracy = static_cast<double>(correct) / (steps_per_epoch * B);
     for (auto& layer : rows) {
@@ -282,7 +387,9 @@ std::vector<EpochReport> run(Model& model, AdamW& optimizer, const TrainSettings
     // Model first, then the state: a crash between them leaves a state one epoch behind
     // the model, never a state ahead of it.
     save_model(model, output);
-    save_state(output + ".train", model, optimizer, settings, epoch + 1);
+    save_state(state_path, model, optimizer, settings, epoch + 1, EpochProgress{});
+    saved_step = optimizer.steps();
+    last_save = Clock::now();
     reports.push_back(report);
     if (callbacks.on_epoch) callbacks.on_epoch(report);
   }
@@ -307,7 +414,7 @@ std::vector<EpochReport> train_model(const Model& initial, const TrainSettings& 
   AdamWConfig adam;
   adam.weight_decay = static_cast<float>(settings.weight_decay);
   AdamW optimizer(model.config, adam);
-  return run(model, optimizer, settings, 0, output, callbacks);
+  return run(model, optimizer, settings, 0, EpochProgress{}, output, callbacks);
 }
 
 ModelConfig read_training_state_config(const std::string& path) {
@@ -336,13 +443,43 @@ TrainingState read_training_state(const std::string& path) {
     state.settings = settings_from_json(run_info.at("settings"));
     state.epochs_done = static_cast<int>(int_in(run_info, "epochs_done", 0, state.settings.epochs));
     state.step = int_in(run_info, "step", 0, int64_t{1} << 40);
+    if (run_info.contains("epoch_step")) {  // a checkpoint inside an epoch (absent at epoch ends)
+      EpochProgress& p = state.in_epoch;
+      p.steps = int_in(run_info, "epoch_step", 1, int64_t{1} << 40);
+      if (state.epochs_done >= state.settings.epochs) fail("a position inside epoch {} of {}", state.epochs_done + 1,
+                                                             state.settings.epochs);
+      p.data_rng = text_of(run_info, "data_rng");
+      p.noise_rng = text_of(run_info, "noise_rng");
+      std::mt19937_64 check;
+      engine_from_text(check, p.data_rng, "data_rng");
+      engine_from_text(check, p.noise_rng, "noise_rng");
+      const json& partial = run_info.at("partial");
+      if (!partial.is_object()) fail("\"partial\" must be an object");
+      p.loss = real_in(partial, "loss", -1e300, 1e300);
+      p.aux_importance = real_in(partial, "aux_importance", -1e300, 1e300);
+      p.aux_load = real_in(partial, "aux_load", -1e300, 1e300);
+      p.seconds = real_in(partial, "seconds", 0, 1e300);
+      p.correct = int_in(partial, "correct", 0, int64_t{1} << 62);
+      const json& rows = partial.at("expert_rows");
+      if (!rows.is_array() || rows.size() > 1000) fail("\"expert_rows\" must be a list of layers");
+      for (const json& layer : rows) {
+        if (!layer.is_array() || layer.size() > 4096) fail("\"expert_rows\" must hold lists of experts");
+        p.expert_rows.emplace_back();
+        for (const json& v : layer) {
+          if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < 0)
+            fail("\"expert_rows\" must hold non-negative numbers");
+          p.expert_rows.back().push_back(v.get<double>());
+        }
+      }
+    }
   } catch (const json::exception& e) {
     fail("{}: bad vmoe.train metadata ({})", path, e.what());
   } catch (const Error& e) {
     fail("{}: bad vmoe.train metadata: {}", path, e.what());
   }
-  if ((state.step == 0) != (state.epochs_done == 0))
-    fail("{}: bad vmoe.train metadata: {} epochs done but step {}", path, state.epochs_done, state.step);
+  if ((state.step == 0) != (state.epochs_done == 0 && state.in_epoch.steps == 0))
+    fail("{}: bad vmoe.train metadata: {} epochs done but step {} ({} steps into the next epoch)", path,
+         state.epochs_done, state.step, state.in_epoch.steps);
   // Every tensor present with the right dtype and shape before anything is allocated:
   // a config claiming a huge model then costs nothing, since the file must hold the data.
   for (const char* prefix : {"", "adam_m/", "adam_v/"}) {
@@ -372,6 +509,11 @@ TrainingState read_training_state(const std::string& path) {
   load_into(state.model.params, "");
   load_into(state.optimizer->first_moment(), "adam_m/");
   load_into(state.optimizer->second_moment(), "adam_v/");
+  for (const char* prefix : {"", "adam_m/", "adam_v/"}) {  // a diverged run's state is not resumed
+    VitParams& params = *prefix ? (prefix[5] == 'm' ? state.optimizer->first_moment() : state.optimizer->second_moment())
+                                : state.model.params;
+    for (const ParamSlot& slot : param_slots(params, state.config)) check_finite(*slot.tensor, prefix + slot.name, path);
+  }
   state.optimizer->set_steps(state.step);
   return state;
 }
@@ -380,7 +522,7 @@ std::vector<EpochReport> resume_training(const std::string& resume_path, const s
                                          const TrainCallbacks& callbacks) {
   TrainingState state = read_training_state(resume_path);
   if (state.epochs_done >= state.settings.epochs) return {};
-  return run(state.model, *state.optimizer, state.settings, state.epochs_done, output, callbacks);
+  return run(state.model, *state.optimizer, state.settings, state.epochs_done, state.in_epoch, output, callbacks);
 }
 
 }  // namespace vmoe::train

@@ -59,14 +59,31 @@ struct StepProgress {
   double loss = 0, accuracy = 0, images_per_s = 0;  // running means over the epoch so far
 };
 
+// Where a run stopped early (a stop request): the state file holds this point.
+struct StopReport {
+  int epoch = 0;  // 1-based epoch it stopped in
+  int64_t step = 0, steps_per_epoch = 0;  // steps of that epoch done
+  std::string state;  // the state file written
+};
+
 struct TrainCallbacks {
   std::function<void(const StepProgress&)> on_step;
   std::function<void(const EpochReport&)> on_epoch;
+  std::function<void(const StopReport&)> on_stop;  // called once the state is saved after a stop request
   const std::atomic<bool>* stop = nullptr;  // set (e.g. by SIGINT) to stop between steps
+  // Checkpoints inside an epoch (the state file only; the model file is written at epoch
+  // ends): every this many optimizer steps (0: off) and whenever this many seconds have
+  // passed since the last write (0: off). They do not change what is computed.
+  int64_t checkpoint_every = 0;
+  double checkpoint_seconds = 300;
 };
 
 // Trains `initial` (or continues the checkpoint at `resume_path`) and writes the model to
-// `output` plus its training state to `output + ".train"` after every epoch.
+// `output` plus its training state to `output + ".train"` after every epoch (the state
+// also at the checkpoints of `callbacks` and on a stop request). Same seed, settings and
+// thread count: the same model, however often the run was stopped or killed and resumed.
+// Throws (keeping the last state written, and saving the current one) when the loss or
+// a gradient is not finite.
 // Returns the reports of the epochs run in this call.
 std::vector<EpochReport> train_model(const Model& initial, const TrainSettings& settings, const std::string& output,
                                      const TrainCallbacks& callbacks);
@@ -81,14 +98,27 @@ inline constexpr int kMaxEpochs = 100000;
 inline constexpr int kMaxBatch = 65536;
 inline constexpr size_t kMaxCapacityFactors = 16;  // entries of TrainSettings::capacity_factors
 
+// A checkpoint inside an epoch: the steps done, the state of the epoch's two random
+// generators after them (std::mt19937_64's text form) and its report so far (sums over
+// those steps, as EpochReport accumulates them).
+struct EpochProgress {
+  int64_t steps = 0;  // 0: at the epoch's start (nothing else is used)
+  std::string data_rng, noise_rng;
+  double loss = 0, aux_importance = 0, aux_load = 0, seconds = 0;
+  int64_t correct = 0;
+  std::vector<std::vector<double>> expert_rows;  // per MoE layer, per expert
+};
+
 // Everything a resume needs, read from MODEL.train and checked: the config, the run's
 // settings (types and ranges as the CLI accepts them), progress (0 <= epochs_done <=
-// epochs, step >= 0) and every tensor. Throws vmoe::Error naming the first problem.
+// epochs, step >= 0, a position inside an epoch) and every tensor, all finite. Throws
+// vmoe::Error naming the first problem.
 struct TrainingState {
   ModelConfig config;
   TrainSettings settings;
   int epochs_done = 0;
   int64_t step = 0;
+  EpochProgress in_epoch;
   Model model;
   std::unique_ptr<AdamW> optimizer;
 };

@@ -14,6 +14,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     vmoe::train::TrainingState state = vmoe::train::read_training_state(file.path());
     if (state.epochs_done < 0 || state.epochs_done > state.settings.epochs || state.step < 0 || !(state.settings.lr > 0))
       __builtin_trap();  // the checks let nonsense through
+    const auto& at = state.in_epoch;  // a position inside an epoch: a real epoch, generators that parsed
+    if (at.steps < 0 || (at.steps > 0 && (state.epochs_done >= state.settings.epochs || at.data_rng.empty())))
+      __builtin_trap();
   } catch (const vmoe::Error&) {
   }
   return 0;
