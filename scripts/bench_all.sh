@@ -24,7 +24,7 @@
 # safetensors), an architecture for `vmoe init --arch`, or a .safetensors path; default
 # the table's rows: vit-fmnist, vmoe-fmnist, softmoe-fmnist at 1,8,64,256, vmoe-s32 at 1,8,
 # vmoe-b16 at 8, soft-s16 at 8; setting ROWS skips the 10k evaluation); QUICK=1 (bundled
-# models at batch 64 and 256 only, no evaluation); NO_ORT=1; NO_TORCH=1; VMOE_NPM_CACHE
+# models at batch 64 and 256 only, no evaluation); NO_ORT=1; NO_TORCH=1; ORT_SPIN (below); VMOE_NPM_CACHE
 # (where onnxruntime-node is installed, default ~/.cache/vmoe-bench).
 # A short run: ROWS="vit-fmnist:8" SECONDS_PER=1 scripts/bench_all.sh
 #
@@ -35,7 +35,10 @@
 # ONNX Runtime is the npm package pinned in scripts/ort/package-lock.json, installed with
 # `npm ci --ignore-scripts` (its post-install step downloads GPU libraries from a host this
 # machine cannot reach; the CPU binding ships in the package); the export needs
-# python3-torch even with NO_TORCH=1. ORT keeps its default (spinning) thread pool.
+# python3-torch even with NO_TORCH=1. ORT's intra-op threads sleep when idle
+# (session.intra_op.allow_spinning 0), as vmoe's and PyTorch's do: with ORT's default
+# spinning pool it ran 2-4x slower beside other processes (vit-fmnist batch 8, load 8-10:
+# 283-360 against 540-1403 images/s); ORT_SPIN=1 keeps ORT's default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 vmoe=${VMOE:-build/vmoe}
@@ -129,7 +132,7 @@ model_file() {  # NAME -> a .safetensors path (vmoe init for an architecture nam
   else "$vmoe" init --arch "$1" --seed 1 -o "$tmp/$1.safetensors" >/dev/null && echo "$tmp/$1.safetensors"
   fi
 }
-[ -n "$ort_version" ] && echo "# ONNX Runtime: onnxruntime-node $ort_version, CPU EP, 2 intra-op threads, graph optimisation all"
+[ -n "$ort_version" ] && echo "# ONNX Runtime: onnxruntime-node $ort_version, CPU EP, 2 intra-op threads, graph optimisation all, spinning ${ORT_SPIN:-0}"
 [ -z "${NO_TORCH:-}" ] && echo "# PyTorch: $($py -c 'import torch; print(torch.__version__)') (Debian python3-torch), OpenBLAS, 2 threads"
 
 header="| model | batch | vmoe images/s |"
@@ -163,7 +166,7 @@ for spec in $specs; do
       rss=$(max "$rss" "$(tail -1 "$tmp/rss")")
       if [ -z "${NO_ORT:-}" ]; then
         /usr/bin/time -f "%M" -o "$tmp/rss" node scripts/ort/bench_ort.mjs --modules "$npm_cache" --model "$onnx/b$b.onnx" \
-          --batch "$b" --seconds "$secs" --threads 2 "${ort_check[@]}" >"$tmp/o.json" 2>"$tmp/o.err" ||
+          --batch "$b" --seconds "$secs" --threads 2 --spin "${ORT_SPIN:-0}" ${ort_check[@]+"${ort_check[@]}"} >"$tmp/o.json" 2>"$tmp/o.err" ||
           { grep -v 'W:onnxruntime' "$tmp/o.err" >&2; echo "bench_all: ONNX Runtime failed on $name batch $b" >&2; exit 1; }
         ort_check=()
         o_ips=$(max "$o_ips" "$(json "['images_per_s']" <"$tmp/o.json")")

@@ -2,14 +2,14 @@
 // onnxruntime-node's CPU execution provider.
 //
 //   node bench_ort.mjs --modules DIR --model b8.onnx --batch 8 [--seconds 3] [--threads 2]
-//                      [--check b8.check.json] [--profile PREFIX]
+//                      [--check b8.check.json] [--spin 0|1] [--profile PREFIX]
 //
 // DIR holds node_modules/onnxruntime-node (scripts/bench_all.sh installs it into
 // $VMOE_NPM_CACHE with `npm ci --ignore-scripts`: the package's post-install step only
 // downloads GPU libraries; its prebuilt CPU binding is in the tarball). Session: CPU EP,
 // --threads intra-op threads (1 inter-op, sequential), graph optimisation "all" (level 99:
-// the FastGelu, LayerNorm, MatMul+Add fusions and layout transforms), ORT's default thread
-// spinning.
+// the FastGelu, LayerNorm, MatMul+Add fusions and layout transforms); --spin as below
+// (default: ORT's own, spinning).
 // --check: the logits on the images of b{B}.inputs.f32 must match vmoe's (b{B}.check.json)
 // within 1e-4 of the logits' scale (max(1, max |logit|)); otherwise exit 1 before timing.
 // Timing: 2 warm-up runs, then runs until --seconds have passed and at least 3 ran;
@@ -52,6 +52,9 @@ async function main() {
     executionMode: 'sequential',
     graphOptimizationLevel: 'all',
   };
+  // --spin 0: the intra-op pool's threads sleep when idle instead of spinning (ORT's
+  // default is to spin), the counterpart of vmoe's and PyTorch's OMP_WAIT_POLICY=passive.
+  if (args.spin !== undefined) options.extra = { session: { intra_op: { allow_spinning: String(args.spin) } } };
   if (args.profile) Object.assign(options, { enableProfiling: true, profileFilePrefix: args.profile });
   const session = await ort.InferenceSession.create(args.model, options);
   const input = session.inputNames[0];
