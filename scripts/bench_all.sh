@@ -23,9 +23,10 @@
 # ROWS (which rows: "MODEL:B,B MODEL:B ...", MODEL a bundled name (data/models/MODEL.
 # safetensors), an architecture for `vmoe init --arch`, or a .safetensors path; default
 # the table's rows: vit-fmnist, vmoe-fmnist, softmoe-fmnist at 1,8,64,256, vmoe-s32 at 1,8,
-# vmoe-b16 at 8, soft-s16 at 8; setting ROWS skips the 10k evaluation); QUICK=1 (bundled
-# models at batch 64 and 256 only, no evaluation); NO_ORT=1; NO_TORCH=1; ORT_SPIN (below); VMOE_NPM_CACHE
-# (where onnxruntime-node is installed, default ~/.cache/vmoe-bench).
+# vmoe-b16 at 8, soft-s16 at 8; setting ROWS skips the 10k evaluation; the peers need a
+# V-MoE's batch to be below or a multiple of its group_images); QUICK=1 (bundled models
+# at batch 64 and 256 only, no evaluation); NO_ORT=1; NO_TORCH=1; ORT_SPIN (below);
+# VMOE_NPM_CACHE (where onnxruntime-node is installed, default ~/.cache/vmoe-bench).
 # A short run: ROWS="vit-fmnist:8" SECONDS_PER=1 scripts/bench_all.sh
 #
 # PyTorch runs with OMP_WAIT_POLICY=passive, as vmoe does (with spinning waits it was 2-3x
