@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
       {"eval", vmoe::cli::add_eval(app)},
       {"train", vmoe::cli::add_train(app)},
       {"upcycle", vmoe::cli::add_upcycle(app)},
+      {"report", vmoe::cli::add_report(app)},
   };
   try {
     app.parse(argc, argv);
@@ -62,6 +63,8 @@ int main(int argc, char** argv) {
   try {
     for (const auto& [name, run] : commands)
       if (app.got_subcommand(name)) run();
+  } catch (const vmoe::cli::ExitStatus& e) {
+    return e.code;
   } catch (const vmoe::cli::UsageError& e) {
     print_error(e.what());
     return 2;
