@@ -11,6 +11,7 @@
 #include "commands.hpp"
 #include "core/error.hpp"
 #include "io/input_file.hpp"
+#include "io/model_file.hpp"
 #include "tasks/report.hpp"
 #include "viz/report_html.hpp"
 

@@ -4,8 +4,8 @@
 
 #include "core/error.hpp"
 #include "io/image.hpp"
-#include "model/foreground.hpp"
-#include "moe/router.hpp"
+#include "tasks/foreground.hpp"
+#include "spec/router.hpp"
 
 namespace vmoe {
 namespace {

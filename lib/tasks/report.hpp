@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "model/classify.hpp"
+#include "tasks/classify.hpp"
 #include "model/engine.hpp"
-#include "model/route.hpp"
+#include "tasks/route.hpp"
 
 namespace vmoe {
 

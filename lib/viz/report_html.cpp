@@ -9,7 +9,7 @@
 
 #include "core/error.hpp"
 #include "io/atomic_file.hpp"
-#include "moe/router.hpp"
+#include "spec/router.hpp"
 #include "viz/canvas.hpp"
 #include "viz/report_page_assets.hpp"
 

@@ -369,12 +369,12 @@
       const bars = el('div', { class: 'bars', 'data-routing': D.routings[r] });
       for (let e = 0; e < E; ++e) {
         const col = el('div', { class: 'bar-col', title: soft ? `e${e}: ${fmt(L.load[e], 2)}` : `e${e}: ${L.load[e]} kept of ${want[e]} wanted` });
-        if (L.demand && want[e] > L.load[e]) col.append(el('div', { class: 'want', style: `height:${(100 * (want[e] - L.load[e])) / top}%` }));
-        col.append(el('div', { class: 'bar', 'data-expert': e, 'data-load': L.load[e], style: `height:${(100 * L.load[e]) / top}%;background:${expertColour(e)}` }));
+        if (L.demand && want[e] > L.load[e]) col.append(el('div', { class: 'want', style: `height:calc((100% - 14px) * ${(want[e] - L.load[e]) / top})` }));
+        col.append(el('div', { class: 'bar', 'data-expert': e, 'data-load': L.load[e], style: `height:calc((100% - 14px) * ${L.load[e] / top});background:${expertColour(e)}` }));
         col.append(el('span', { text: 'e' + e }));
         bars.append(col);
       }
-      if (!soft && L.capacity) bars.append(el('div', { class: 'cap-line', style: `bottom:calc(${(100 * L.capacity) / top}% + 14px)`, title: `capacity ${L.capacity}` }));
+      if (!soft && L.capacity) bars.append(el('div', { class: 'cap-line', style: `bottom:calc((100% - 14px) * ${L.capacity / top} + 16px)`, title: `capacity ${L.capacity}` }));
       const title = soft ? `layer ${D.layers[S.layer]}: combine weight drawn from each expert's slots (sums to ${NT})`
         : `${routingTitle(D.routings[r])}, layer ${D.layers[S.layer]}: kept choices per expert (dashed: dropped ones; dotted line: capacity ${L.capacity})`;
       charts.push(el('div', {}, el('p', { class: 'chart-title', text: title }), bars));
