@@ -20,6 +20,12 @@ struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Thrown by a command that has already printed its own one-line messages (e.g. `vmoe
+// report` after one line per unusable image): main returns `code` and prints nothing.
+struct ExitStatus {
+  int code = 1;
+};
+
 using Run = std::function<void()>;
 
 Run add_classify(CLI::App& root);
@@ -30,6 +36,7 @@ Run add_route(CLI::App& root);
 Run add_eval(CLI::App& root);
 Run add_train(CLI::App& root);
 Run add_upcycle(CLI::App& root);
+Run add_report(CLI::App& root);
 
 // Number checks with short messages (CLI11's own print the whole double range).
 extern const CLI::Validator kPositive;     // > 0

@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
       {"eval", vmoe::cli::add_eval(app)},
       {"train", vmoe::cli::add_train(app)},
       {"upcycle", vmoe::cli::add_upcycle(app)},
+      {"report", vmoe::cli::add_report(app)},
   };
   try {
     app.parse(argc, argv);
@@ -64,6 +65,8 @@ int main(int argc, char** argv) {
       if (app.got_subcommand(name)) run();
   } catch (const vmoe::cli::Interrupted& stop) {
     vmoe::cli::cleanup_and_die(stop.signal);  // after unwinding: locks released, state saved
+  } catch (const vmoe::cli::ExitStatus& e) {
+    return e.code;
   } catch (const vmoe::cli::UsageError& e) {
     print_error(e.what());
     return 2;
