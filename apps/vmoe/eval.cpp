@@ -1,24 +1,32 @@
 // vmoe eval [-m MODEL] --data SPEC [--data-dir DIR] [--capacity-factor C] [--routing R] [--batch B]
 //           [--group-images G] [--limit N] [--shard I/N] [--threads T] [--format text|csv|json]
-// vmoe eval --merge A.json B.json ... [--format text|csv|json]
+//           [--routing-stats DIR]
+// vmoe eval --merge A.json B.json ... [STATS_DIR_OR_JSON ... --routing-stats DIR] [--format text|csv|json]
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <optional>
 
-#include <fmt/core.h>
+#include <fmt/format.h>
 
 #include "commands.hpp"
+#include "core/error.hpp"
 #include "io/dataset.hpp"
+#include "io/input_file.hpp"
 #include "io/model_file.hpp"
 #include "tasks/eval_report.hpp"
 #include "tasks/evaluate.hpp"
+#include "tasks/routing_stats.hpp"
+#include "viz/stats_pictures.hpp"
 
 namespace vmoe::cli {
 
 namespace {
 struct EvalArgs {
-  std::string model, data, data_dir, format = "text", shard;
+  std::string model, data, data_dir, format = "text", shard, routing_stats;
   std::vector<std::string> merge;
   int batch = 256;
   int threads = 0;
@@ -54,10 +62,60 @@ void progress_bar(int64_t done, int64_t total) {
   std::fflush(stderr);
 }
 
-void print_result(const EvalResult& r, const std::string& format) {
+// The statistics' text lines follow the text summary; csv and json keep their shapes
+// (the numbers are in DIR/routing_stats.json).
+void print_result(const EvalResult& r, const std::string& format, const RoutingStats* stats = nullptr) {
   if (format == "json") fmt::print("{}\n", eval_to_json(r).dump());
   else if (format == "csv") fmt::print("{}\n{}\n", eval_csv_header(), eval_csv_row(r));
-  else fmt::print("{}", eval_text(r));
+  else fmt::print("{}{}", eval_text(r), stats ? routing_stats_text(*stats) : "");
+}
+
+// routing_stats.json, the CSVs and the pictures into dir.
+void write_stats(const RoutingStats& stats, const std::string& dir) {
+  viz::prepare_output_dir(dir);
+  write_routing_stats(stats, dir);
+  viz::write_pictures(viz::routing_stats_pictures(stats), dir);
+}
+
+// --merge: eval result files, routing statistics (routing_stats.json or its directory) or both.
+void merge_files(const EvalArgs& a) {
+  std::vector<EvalResult> parts;
+  std::vector<RoutingStats> stats;
+  for (const std::string& f : a.merge) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(f, ec)) {
+      stats.push_back(read_routing_stats(f));
+      continue;
+    }
+    const std::string text = read_input_file(f, "result file", uint64_t{1} << 32);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: not valid JSON ({})", f, e.what());
+    }
+    if (is_routing_stats_json(j)) stats.push_back(routing_stats_from_json(j, f));
+    else parts.push_back(eval_from_json(j, f));
+  }
+  if (!stats.empty() && a.routing_stats.empty())
+    throw UsageError("--merge of routing statistics needs --routing-stats DIR for the merged files");
+  if (stats.empty() && !a.routing_stats.empty())
+    throw UsageError("--merge --routing-stats DIR needs the shards' routing_stats.json files (or their directories)");
+  std::optional<RoutingStats> merged;
+  if (!stats.empty()) {
+    merged = stats.front();
+    for (size_t i = 1; i < stats.size(); ++i) merged->merge(stats[i]);
+    if (merged->shard_count != 1) {
+      std::vector<std::string> missing;
+      for (int s = 0; s < merged->shard_count; ++s)
+        if (!std::binary_search(merged->shards.begin(), merged->shards.end(), s))
+          missing.push_back(fmt::format("{}/{}", s, merged->shard_count));
+      fail("cannot merge routing statistics: shard{} {} missing", missing.size() > 1 ? "s" : "", fmt::join(missing, ", "));
+    }
+    write_stats(*merged, a.routing_stats);
+  }
+  if (!parts.empty()) print_result(merge_results(parts), a.format, merged ? &*merged : nullptr);
+  else fmt::print("{}", routing_stats_text(*merged));
 }
 }  // namespace
 
@@ -82,14 +140,14 @@ Run add_eval(CLI::App& root) {
   // read_eval_json checks the type first and names a missing file itself.
   auto* merge = app->add_option("--merge", args->merge, "merge the JSON results of shards (vmoe eval --shard ... --format json)");
   merge->excludes(data);
+  app->add_option("--routing-stats", args->routing_stats,
+                  "also write dataset-level routing statistics (JSON, CSV, pictures) into DIR; with --merge: the merged ones");
   return [args] {
     if (!args->merge.empty()) {
       if (!args->model.empty() || !args->shard.empty() || args->limit >= 0 || args->routing.capacity_factor ||
           !args->routing.routing.empty() || args->routing.group_images || !args->resize.empty())
         throw UsageError("--merge takes only result files and --format; the runs' settings are in the files");
-      std::vector<EvalResult> parts;
-      for (const std::string& f : args->merge) parts.push_back(read_eval_json(f));
-      print_result(merge_results(parts), args->format);
+      merge_files(*args);
       return;
     }
     if (args->data.empty()) throw UsageError("eval needs --data SPEC (fashion-mnist:test, fashion-mnist:train or a folder)");
@@ -112,7 +170,22 @@ Run add_eval(CLI::App& root) {
     const int64_t batch = std::min(std::max<int64_t>(group, args->batch / group * group), (images + group - 1) / group * group);
     check_batch_memory(model.config, engine.routing(), std::max<int64_t>(batch, 1));
     if (isatty(STDERR_FILENO)) options.progress = progress_bar;
-    print_result(evaluate(engine, dataset, options), args->format);
+    if (args->routing_stats.empty()) {
+      print_result(evaluate(engine, dataset, options), args->format);
+      return;
+    }
+    // Fail on the directory and a dense model before the evaluation, not after it.
+    viz::prepare_output_dir(args->routing_stats);
+    RoutingStats stats = make_routing_stats(model.config, dataset.class_names);
+    // Top-k needs only the cheap trace (choices, kept flags, their gates).
+    options.detail_trace = stats.kind != StatsKind::top_k;
+    options.on_trace = [&stats](const RoutingTrace& trace, const std::vector<int>& labels) {
+      accumulate_routing_stats(stats, trace, labels);
+    };
+    const EvalResult result = evaluate(engine, dataset, options);
+    set_identity(stats, result);
+    write_stats(stats, args->routing_stats);
+    print_result(result, args->format, &stats);
   };
 }
 

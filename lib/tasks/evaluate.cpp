@@ -292,6 +292,8 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
   const int patches = c.num_patches();
   std::vector<uint8_t> foreground(static_cast<size_t>(batch) * patches);  // (B, patches)
   RoutingTrace trace;
+  trace.detail = options.detail_trace;
+  std::vector<int> labels;  // (B) dataset class of each image of the batch
   const auto start = std::chrono::steady_clock::now();
   for (size_t first = 0; first < mine.size(); first += batch) {
     const int B = static_cast<int>(std::min<size_t>(batch, mine.size() - first));
@@ -355,6 +357,11 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
         lc.foreground_kept_all += fg.kept_all;
         lc.foreground_kept_any += fg.kept_any;
       }
+    }
+    if (moe && options.on_trace) {
+      labels.resize(B);
+      for (int b = 0; b < B; ++b) labels[b] = data.labels[mine[first + b]];
+      options.on_trace(trace, labels);
     }
     if (options.progress) options.progress(static_cast<int64_t>(first + B), static_cast<int64_t>(mine.size()));
   }

@@ -14,6 +14,7 @@
 
 #include "io/dataset.hpp"
 #include "model/engine.hpp"
+#include "spec/routing_trace.hpp"
 
 namespace vmoe {
 
@@ -90,6 +91,10 @@ struct EvalOptions {
   int shard_index = 0, shard_count = 1;
   // Called after every batch with (images done, images in this shard).
   std::function<void(int64_t, int64_t)> progress;
+  // Called after every forward pass with its routing trace and the dataset class of each
+  // of its images (tasks/routing_stats). detail_trace also records gates and Soft-MoE weights.
+  std::function<void(const RoutingTrace&, const std::vector<int>&)> on_trace;
+  bool detail_trace = false;
 };
 
 // Dataset class -> model class index. Matches by exact name, then by slug (case and

@@ -19,6 +19,7 @@ struct Picture {
   cv::Mat image;  // the page, CV_8UC3
   cv::Rect panel;  // where the (first) upscaled image panel sits on the page
   int scale = 1;  // upscale of that panel: a patch is patch_h*scale x patch_w*scale px
+  std::string left_out;  // what the picture does not draw (also in its title); empty when complete
 };
 
 // `layer` indexes result.main.trace.layers (and the strip runs' layers).
