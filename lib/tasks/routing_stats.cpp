@@ -161,7 +161,7 @@ RoutingStats make_routing_stats(const ModelConfig& c, const std::vector<std::str
   if (!m.router) fail("--routing-stats: the model's config names no router");
   RoutingStats s;
   s.classes = classes;
-  s.kind = !m.router->routes_tokens() ? StatsKind::soft : m.router->top_k_options() ? StatsKind::top_k : StatsKind::experts_choice;
+  s.kind = m.router->trace_slots(m) > 0 ? StatsKind::soft : m.router->top_k_options() ? StatsKind::top_k : StatsKind::experts_choice;
   s.num_experts = m.num_experts;
   s.slots_per_expert = s.kind == StatsKind::soft ? m.slots_per_expert : 0;
   s.tokens_per_image = c.num_tokens();
