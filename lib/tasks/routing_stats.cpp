@@ -170,20 +170,23 @@ RoutingStats make_routing_stats(const ModelConfig& c, const std::vector<std::str
   s.grid_w = c.grid_w();
   const int X = s.kind == StatsKind::soft ? m.num_experts * m.slots_per_expert : m.num_experts;
   const size_t C = classes.size(), T = s.tokens_per_image;
-  for (int block : m.layers) {
-    RoutingStatsLayer l;
-    l.layer = block;
-    l.columns = X;
-    l.class_expert.assign(C * X, 0);
-    l.class_expert_kept.assign(C * X, 0);
-    l.position_expert.assign(T * X, 0);
-    l.load.assign(X, 0);
-    l.kept.assign(X, 0);
-    l.drops.assign(X, 0);
-    l.gate_sum.assign(X, 0);
-    s.layers.push_back(std::move(l));
-  }
+  for (int block : m.layers) s.layers.push_back(empty_stats_layer(block, X, C, T));
   return s;
+}
+
+RoutingStatsLayer empty_stats_layer(int block, int columns, size_t classes, size_t tokens) {
+  const size_t X = static_cast<size_t>(columns);
+  RoutingStatsLayer l;
+  l.layer = block;
+  l.columns = columns;
+  l.class_expert.assign(classes * X, 0);
+  l.class_expert_kept.assign(classes * X, 0);
+  l.position_expert.assign(tokens * X, 0);
+  l.load.assign(X, 0);
+  l.kept.assign(X, 0);
+  l.drops.assign(X, 0);
+  l.gate_sum.assign(X, 0);
+  return l;
 }
 
 void accumulate_routing_stats(RoutingStats& s, const RoutingTrace& trace, const std::vector<int>& labels) {

@@ -71,6 +71,9 @@ struct RoutingStats {
 
 // Empty statistics for a model with MoE layers: shapes from the config, `classes` rows.
 RoutingStats make_routing_stats(const ModelConfig& c, const std::vector<std::string>& classes);
+// One MoE block's zero counts: `columns` experts (Soft-MoE: slots), `classes` x columns and
+// `tokens` x columns matrices.
+RoutingStatsLayer empty_stats_layer(int block, int columns, size_t classes, size_t tokens);
 
 // Adds one forward pass. labels: (B) dataset class of each image; the trace holds B images.
 // Top-k needs the cheap trace; experts-choice needs gates and Soft-MoE dispatch/combine

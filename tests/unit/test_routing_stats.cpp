@@ -29,19 +29,7 @@ RoutingStats empty_stats(StatsKind kind, int classes, int P = 1) {
   s.data = "d";
   s.router = s.routing = to_string(kind);
   const int X = kind == StatsKind::soft ? kE * P : kE;
-  for (int block : {1, 3}) {
-    RoutingStatsLayer l;
-    l.layer = block;
-    l.columns = X;
-    l.class_expert.assign(classes * X, 0);
-    l.class_expert_kept.assign(classes * X, 0);
-    l.position_expert.assign(kT * X, 0);
-    l.load.assign(X, 0);
-    l.kept.assign(X, 0);
-    l.drops.assign(X, 0);
-    l.gate_sum.assign(X, 0);
-    s.layers.push_back(l);
-  }
+  for (int block : {1, 3}) s.layers.push_back(vmoe::empty_stats_layer(block, X, classes, kT));
   return s;
 }
 
