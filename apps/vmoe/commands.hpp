@@ -68,9 +68,10 @@ struct RoutingFlags {
   std::string priority, overflow;
   RoutingOverrides overrides() const;
 };
-void add_routing_options(CLI::App& app, RoutingFlags& flags, bool with_capacity_factor = true);
+// with_oracle: --priority also takes oracle (commands that compute patch importance).
+void add_routing_options(CLI::App& app, RoutingFlags& flags, bool with_capacity_factor = true, bool with_oracle = false);
 // --priority and --overflow (top-k routing variants).
-void add_priority_options(CLI::App& app, std::string& priority, std::string& overflow);
+void add_priority_options(CLI::App& app, std::string& priority, std::string& overflow, bool with_oracle = false);
 // The model's routing with the flags applied and checked against the model (tokens per
 // group, capacity): a problem is the flags' fault, so it is a UsageError (exit 2).
 MoeConfig checked_routing(const ModelConfig& model, const RoutingFlags& flags);

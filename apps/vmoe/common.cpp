@@ -135,14 +135,20 @@ RoutingOverrides RoutingFlags::overrides() const {
   return o;
 }
 
-void add_priority_options(CLI::App& app, std::string& priority, std::string& overflow) {
-  app.add_option("--priority", priority, "BPR scorer: max_gate, sum_gates, entropy, random or learned (default: model's)")
-      ->check(CLI::IsMember({"max_gate", "sum_gates", "entropy", "random", "learned"}));
+void add_priority_options(CLI::App& app, std::string& priority, std::string& overflow, bool with_oracle) {
+  std::vector<std::string> names = {"max_gate", "sum_gates", "entropy", "random", "learned"};
+  if (with_oracle) names.push_back("oracle");
+  app.add_option("--priority", priority,
+                 with_oracle ? "BPR scorer: max_gate, sum_gates, entropy, random, learned (default: model's), or oracle: "
+                               "by patch importance from a full-capacity pass first, an upper bound for any scorer "
+                               "(slower: one extra pass per token and MoE block)"
+                             : "BPR scorer: max_gate, sum_gates, entropy, random or learned (default: model's)")
+      ->check(CLI::IsMember(names));
   app.add_option("--overflow", overflow, "a choice whose expert is full: drop, or next (its next expert with room)")
       ->check(CLI::IsMember({"drop", "next"}));
 }
 
-void add_routing_options(CLI::App& app, RoutingFlags& flags, bool with_capacity_factor) {
+void add_routing_options(CLI::App& app, RoutingFlags& flags, bool with_capacity_factor, bool with_oracle) {
   if (with_capacity_factor)
     app.add_option("--capacity-factor", flags.capacity_factor, "expert capacity factor (overrides the model's)")
         ->check(positive_at_most(kMaxCapacityFactor));
@@ -150,7 +156,7 @@ void add_routing_options(CLI::App& app, RoutingFlags& flags, bool with_capacity_
       ->check(CLI::IsMember({"bpr", "vanilla"}));
   app.add_option("--group-images", flags.group_images, "images routed together in one group (default: model's, 1)")
       ->check(CLI::Range(1LL, kMaxGroupTokens));
-  add_priority_options(app, flags.priority, flags.overflow);
+  add_priority_options(app, flags.priority, flags.overflow, with_oracle);
 }
 
 }  // namespace vmoe::cli

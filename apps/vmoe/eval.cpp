@@ -1,4 +1,4 @@
-// vmoe eval [-m MODEL] --data SPEC [--data-dir DIR] [--capacity-factor C] [--routing R] [--batch B]
+// vmoe eval [-m MODEL] --data SPEC [--data-dir DIR] [--capacity-factor C] [--routing R] [--priority P] [--importance] [--batch B]
 //           [--group-images G] [--limit N] [--shard I/N] [--threads T] [--format text|csv|json]
 //           [--routing-stats DIR]
 // vmoe eval --merge A.json B.json ... [STATS_DIR_OR_JSON ... --routing-stats DIR] [--format text|csv|json]
@@ -31,6 +31,7 @@ struct EvalArgs {
   int batch = 256;
   int threads = 0;
   int64_t limit = -1;
+  bool importance = false;
   RoutingFlags routing;
   std::string resize;
 };
@@ -126,7 +127,7 @@ Run add_eval(CLI::App& root) {
   auto* data = app->add_option("--data", args->data,
                                "fashion-mnist:test, fashion-mnist:train, or a folder with one sub-folder of images per class");
   app->add_option("--data-dir", args->data_dir, "where the Fashion-MNIST IDX files are (default /usr/share/datasets/fashion-mnist)");
-  add_routing_options(*app, args->routing);
+  add_routing_options(*app, args->routing, true, /*with_oracle=*/true);
   add_resize_option(*app, args->resize);
   app->add_option("--batch", args->batch, "images per forward pass (default 256; rounded down to whole groups)")
       ->check(CLI::Range(1, 65536));
@@ -140,12 +141,15 @@ Run add_eval(CLI::App& root) {
   // read_eval_json checks the type first and names a missing file itself.
   auto* merge = app->add_option("--merge", args->merge, "merge the JSON results of shards (vmoe eval --shard ... --format json)");
   merge->excludes(data);
+  app->add_flag("--importance", args->importance,
+                "patch importance: share of it kept by the routing and by the oracle order, scorers' rank correlation "
+                "with it (docs/EVAL.md; slow: use --limit)");
   app->add_option("--routing-stats", args->routing_stats,
                   "also write dataset-level routing statistics (JSON, CSV, pictures) into DIR; with --merge: the merged ones");
   return [args] {
     if (!args->merge.empty()) {
       if (!args->model.empty() || !args->shard.empty() || args->limit >= 0 || args->routing.capacity_factor ||
-          !args->routing.routing.empty() || args->routing.group_images || !args->resize.empty())
+          !args->routing.routing.empty() || args->routing.group_images || !args->resize.empty() || args->importance)
         throw UsageError("--merge takes only result files and --format; the runs' settings are in the files");
       merge_files(*args);
       return;
@@ -154,6 +158,7 @@ Run add_eval(CLI::App& root) {
     EvalOptions options;
     options.batch = args->batch;
     options.limit = args->limit;
+    options.importance = args->importance;
     if (!args->shard.empty()) std::tie(options.shard_index, options.shard_count) = parse_shard(args->shard);
     if (args->threads > 0) omp_set_num_threads(args->threads);
     const std::string path = resolve_model_path(args->model);

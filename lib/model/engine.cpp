@@ -4,6 +4,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -70,6 +71,12 @@ void Engine::set_routing(const RoutingOverrides& overrides) {
   routing_ = apply_overrides(model_.config, overrides);
 }
 
+void Engine::set_routing(const MoeConfig& moe) {
+  if (!model_.config.moe) fail("the model is dense: it has no routing to set");
+  check_routing(model_.config, moe);
+  routing_ = moe;
+}
+
 // x (B*T, D): row b*T + 0 is cls + pos[0] (token classifier), the rest
 // patch @ embedding_kernel + embedding_bias + pos, patches row-major over the grid.
 void Engine::embed(float* x, const float* images, int B, StageTimes* times) {
@@ -108,7 +115,7 @@ void Engine::embed(float* x, const float* images, int B, StageTimes* times) {
 }
 
 // x = x + Attn(LN_0(x)); x = x + MLP_or_MoE(LN_1(x))
-void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* times) {
+void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* times, MoeTap* tap) {
   const ModelConfig& c = model_.config;
   const BlockParams& b = model_.params.blocks[i];
   const int64_t T = c.num_tokens(), D = c.hidden_size, H = c.num_heads, M = c.mlp_dim, N = B * T;
@@ -147,9 +154,23 @@ void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* tim
     w.balance_bias = b.balance_bias.data();  // null unless balance "bias"
     w.shared_w0 = b.shared0_kernel.data(), w.shared_b0 = b.shared0_bias.data();
     w.shared_w1 = b.shared1_kernel.data(), w.shared_b1 = b.shared1_bias.data();
+    if (routing_->priority == Priority::oracle) {
+      const int moe_index = static_cast<int>(std::count_if(c.moe->layers.begin(), c.moe->layers.end(), [&](int l) { return l < i; }));
+      if (moe_index >= static_cast<int>(oracle_.size()) || static_cast<int64_t>(oracle_[moe_index].size()) != N)
+        fail("priority oracle: no importance given for block {} of this batch", i);
+      w.oracle_priority = oracle_[moe_index].data();
+    }
     MoeShape shape{N, static_cast<int>(T), static_cast<int>(D), c.expert_mlp_dim()};
     moe_ws_.first_bad_gate = -1;
+    if (tap) {
+      tap->block = i;
+      tap->without_routed.assign(x, x + N * D);
+      if (c.moe->num_shared_experts > 0)
+        run_shared_experts(tap->without_routed.data(), h, N, static_cast<int>(D), c.expert_mlp_dim(),
+                           c.moe->num_shared_experts, w, moe_ws_, cache_);
+    }
     moe_forward(x, h, shape, *routing_, w, moe_ws_, cache_, trace, times);
+    if (tap) tap->after.assign(x, x + N * D);
     if (moe_ws_.first_bad_gate >= 0) {
       gates_bad_ = true;
       if (locate_) report_non_finite(i, "router logits", moe_ws_.first_bad_gate, moe_ws_.bad_gate_value, c.moe->num_experts);
@@ -213,14 +234,23 @@ int Engine::threads_for_batch(int B) const {
   return flops_per_block < kMinFlopsPerBlockForThreads ? 1 : omp_get_max_threads();
 }
 
-void Engine::run_forward(float* logits, const float* images, int B, RoutingTrace* trace, StageTimes* times) {
+void Engine::run_forward(float* logits, const float* images, int B, RoutingTrace* trace, StageTimes* times,
+                         std::vector<MoeTap>* taps) {
   const ModelConfig& c = model_.config;
   const int64_t N = int64_t{B} * c.num_tokens();
   float* x = x_.reserve(N * c.hidden_size);
   embed(x, images, B, times);
   check_stage(x, N * c.hidden_size, c.hidden_size, -1, "embedding");
+  run_blocks(logits, 0, B, trace, times, taps);
+}
+
+void Engine::run_blocks(float* logits, int first, int B, RoutingTrace* trace, StageTimes* times,
+                        std::vector<MoeTap>* taps) {
+  const ModelConfig& c = model_.config;
+  float* x = x_.data();
   if (trace) trace->layers.clear();
-  for (int i = 0; i < c.num_layers; ++i) {
+  if (taps) taps->clear();
+  for (int i = first; i < c.num_layers; ++i) {
     MoeLayerTrace* layer_trace = nullptr;
     if (trace && c.is_moe_layer(i)) {
       trace->layers.emplace_back();
@@ -228,7 +258,9 @@ void Engine::run_forward(float* logits, const float* images, int B, RoutingTrace
       layer_trace->layer = i;
       layer_trace->detail = trace->detail;
     }
-    block(x, i, B, layer_trace, times);
+    MoeTap* tap = nullptr;
+    if (taps && c.is_moe_layer(i)) tap = &taps->emplace_back();
+    block(x, i, B, layer_trace, times, tap);
   }
   head(logits, x, B, times);
   check_stage(logits, int64_t{B} * c.num_classes, c.num_classes, c.num_layers, "head (logits)");
@@ -239,12 +271,13 @@ void Engine::run_forward(float* logits, const float* images, int B, RoutingTrace
 // MoE block, what routing acts on), and only a bad pass is run again stage by stage to
 // say where it first went wrong. The weights were checked when loaded, so a bad pass is
 // an overflow at run time (or an inf/NaN in the images).
-void Engine::forward(float* logits, const float* images, int B, RoutingTrace* trace, StageTimes* times) {
+void Engine::forward(float* logits, const float* images, int B, RoutingTrace* trace, StageTimes* times,
+                     std::vector<MoeTap>* taps) {
   if (B <= 0) fail("forward: batch of {} images", B);
   const ThreadLimit limit(threads_for_batch(B));
   const ModelConfig& c = model_.config;
   gates_bad_ = false;
-  run_forward(logits, images, B, trace, times);
+  run_forward(logits, images, B, trace, times, taps);
   if (!gates_bad_ && first_non_finite(logits, int64_t{B} * c.num_classes) < 0) return;
   const int64_t image_floats = int64_t{B} * c.image.height * c.image.width * c.image.channels;
   if (const int64_t i = first_non_finite(images, image_floats); i >= 0)
@@ -256,8 +289,21 @@ void Engine::forward(float* logits, const float* images, int B, RoutingTrace* tr
     ~Locating() { e.locate_ = false; }
   } locating(*this);
   std::vector<float> scratch(static_cast<size_t>(B) * c.num_classes);
-  run_forward(scratch.data(), images, B, nullptr, nullptr);
+  run_forward(scratch.data(), images, B, nullptr, nullptr, nullptr);
   fail("forward pass: non-finite logits or router gates, but a second pass found every stage finite");
+}
+
+void Engine::forward_from(float* logits, const float* x, int B, int first_block, RoutingTrace* trace) {
+  const ModelConfig& c = model_.config;
+  if (B <= 0) fail("forward: batch of {} images", B);
+  if (first_block < 0 || first_block > c.num_layers) fail("forward: no block {} to start from", first_block);
+  const ThreadLimit limit(threads_for_batch(B));
+  const int64_t n = int64_t{B} * c.num_tokens() * c.hidden_size;
+  std::memcpy(x_.reserve(n), x, sizeof(float) * n);
+  gates_bad_ = false;
+  run_blocks(logits, first_block, B, trace, nullptr, nullptr);
+  if (gates_bad_ || first_non_finite(logits, int64_t{B} * c.num_classes) >= 0)
+    fail("forward pass from block {}: non-finite logits or router gates", first_block);
 }
 
 void Engine::check_stage(const float* x, int64_t n, int64_t width, int block, const char* stage) const {

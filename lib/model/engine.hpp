@@ -12,6 +12,16 @@
 
 namespace vmoe {
 
+// The residual stream around one MoE block's routed experts, for patch importance
+// (tasks/importance): x after the block, and x after it with no routed expert output
+// (the attention residual plus the shared experts), which is what x is for a token that
+// every expert dropped.
+struct MoeTap {
+  int block = 0;  // encoder block index
+  std::vector<float> after;  // (B*T, D)
+  std::vector<float> without_routed;  // (B*T, D)
+};
+
 class Engine {
  public:
   explicit Engine(const Model& model);
@@ -20,13 +30,24 @@ class Engine {
   const Model& model() const { return model_; }
   // Routing used from now on: the config's MoE fields with these overrides applied.
   void set_routing(const RoutingOverrides& overrides);
+  // Routing used from now on: exactly `moe` (checked against the model).
+  void set_routing(const MoeConfig& moe);
   const MoeConfig* routing() const { return routing_ ? &*routing_ : nullptr; }
 
   // images: (B, H, W, C) already mapped onto the value range. logits: (B, classes).
   // trace (optional) receives one entry per MoE layer; times (optional) adds stage times.
   // Throws vmoe::Error naming the block and stage where values first went non-finite
   // when a logit or a router gate is NaN or infinite (issue 24, D10).
-  void forward(float* logits, const float* images, int B, RoutingTrace* trace = nullptr, StageTimes* times = nullptr);
+  // taps (optional) receives one MoeTap per MoE block, in block order.
+  void forward(float* logits, const float* images, int B, RoutingTrace* trace = nullptr, StageTimes* times = nullptr,
+               std::vector<MoeTap>* taps = nullptr);
+  // logits (B, classes) of residual states x (B*T, D) as they were after block
+  // first_block - 1: runs blocks first_block.. and the head (first_block = num_layers: the
+  // head alone). Throws on non-finite logits.
+  void forward_from(float* logits, const float* x, int B, int first_block, RoutingTrace* trace = nullptr);
+  // Priority "oracle" reads these: per MoE block in block order, (B*T) scores (the
+  // tokens' importance) for the batch of the next passes. Empty: none given.
+  void set_oracle_priority(std::vector<std::vector<float>> per_moe_block) { oracle_ = std::move(per_moe_block); }
 
   size_t primitives_created() const { return cache_.size(); }
   // OpenMP threads a forward pass of B images uses: 1 when the work per block is too small
@@ -39,12 +60,15 @@ class Engine {
     Tensor qkv_bias;  // (3D)
     Tensor soft_mu;  // (D, E*P)  scale * mu normalised over D
   };
-  void run_forward(float* logits, const float* images, int B, RoutingTrace* trace, StageTimes* times);
+  void run_forward(float* logits, const float* images, int B, RoutingTrace* trace, StageTimes* times,
+                   std::vector<MoeTap>* taps);
+  // Blocks first.. and the head on x_ (B*T, D).
+  void run_blocks(float* logits, int first, int B, RoutingTrace* trace, StageTimes* times, std::vector<MoeTap>* taps);
   // While locating: throws if x[0, n) holds a NaN or infinity, naming `where`.
   void check_stage(const float* x, int64_t n, int64_t width, int block, const char* stage) const;
   [[noreturn]] void report_non_finite(int block, const char* stage, int64_t index, float value, int64_t width) const;
   void embed(float* x, const float* images, int B, StageTimes* times);
-  void block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* times);
+  void block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* times, MoeTap* tap);
   void head(float* logits, const float* x, int B, StageTimes* times);
 
   const Model& model_;
@@ -53,6 +77,7 @@ class Engine {
   nn::PrimitiveCache cache_;
   Scratch patches_, embedded_, x_, h_, qkv_, attn_, scores_, hidden_, pooled_, pre_logits_;
   MoeWorkspace moe_ws_;
+  std::vector<std::vector<float>> oracle_;  // set_oracle_priority
   // Non-finite checks: every pass checks its logits and router gates (cheap); only when
   // one is bad, the pass runs again with `locate_` set, checking after every stage.
   bool locate_ = false, gates_bad_ = false;

@@ -77,20 +77,6 @@ void dispatch_run_combine(float* x, const float* h, int64_t N, int D, int M, int
   combine_expert_rows(x, ws.expert_out.data(), ws, N, D);
 }
 
-// x (N, D) += sum over shared experts s of GELU(h @ w0[s] + b0[s]) @ w1[s] + b1[s].
-void run_shared_experts(float* x, const float* h, int64_t N, int D, int M, int shared, const MoeWeights& w,
-                        MoeWorkspace& ws, nn::PrimitiveCache& cache) {
-  GemmSpec up;
-  up.m = N, up.k = D, up.n = M, up.bias = true, up.activation = w.gelu;
-  GemmSpec down;  // accumulates into x
-  down.m = N, down.k = M, down.n = D, down.bias = true, down.beta = 1.0f;
-  float* hidden = ws.expert_hidden.reserve(N * M);
-  for (int s = 0; s < shared; ++s) {
-    cache.gemm(up).run(hidden, h, w.shared_w0 + int64_t{s} * D * M, w.shared_b0 + int64_t{s} * M);
-    cache.gemm(down).run(x, hidden, w.shared_w1 + int64_t{s} * M * D, w.shared_b1 + int64_t{s} * D);
-  }
-}
-
 }  // namespace
 
 // Rows of a fixed-shape expert matmul, or 0 if the runtime-rows primitive should serve.
@@ -222,6 +208,8 @@ void token_router_forward(float* x, const float* h, const MoeShape& sh, const Mo
       scores = ws.scores.reserve(N);
       learned_priority(scores, h, w.priority_kernel, *w.priority_bias, N, D);
     }
+    if (moe.priority == Priority::oracle && !w.oracle_priority) fail("priority oracle: no importance given to this MoE block");
+    ws.oracle_priority = w.oracle_priority;
     plan_routing(ws, gates, scores, sh, moe, select);
   }
   dispatch_run_combine(x, h, N, D, sh.mlp, E, w, ws, cache, times);
@@ -249,6 +237,19 @@ void moe_forward(float* x, const float* h, const MoeShape& shape, const MoeConfi
   if (moe.num_shared_experts > 0) {
     ScopedStage stage(times, &StageTimes::experts);
     run_shared_experts(x, h, shape.tokens, shape.hidden, shape.mlp, moe.num_shared_experts, w, ws, cache);
+  }
+}
+
+void run_shared_experts(float* x, const float* h, int64_t N, int D, int M, int shared, const MoeWeights& w,
+                        MoeWorkspace& ws, nn::PrimitiveCache& cache) {
+  GemmSpec up;
+  up.m = N, up.k = D, up.n = M, up.bias = true, up.activation = w.gelu;
+  GemmSpec down;  // accumulates into x
+  down.m = N, down.k = M, down.n = D, down.bias = true, down.beta = 1.0f;
+  float* hidden = ws.expert_hidden.reserve(N * M);
+  for (int s = 0; s < shared; ++s) {
+    cache.gemm(up).run(hidden, h, w.shared_w0 + int64_t{s} * D * M, w.shared_b0 + int64_t{s} * M);
+    cache.gemm(down).run(x, hidden, w.shared_w1 + int64_t{s} * M * D, w.shared_b1 + int64_t{s} * D);
   }
 }
 

@@ -33,6 +33,7 @@ struct MoeWeights {
   const float* shared_b0 = nullptr;  // (Sh, M)
   const float* shared_w1 = nullptr;  // (Sh, M, D)
   const float* shared_b1 = nullptr;  // (Sh, D)
+  const float* oracle_priority = nullptr;  // (N) the tokens' importance, for priority "oracle"
 };
 
 // Buffers reused across calls; they only ever grow.
@@ -49,6 +50,7 @@ struct MoeWorkspace {
     int expert;
   };
   std::vector<Entry> entries;
+  const float* oracle_priority = nullptr;  // (N) MoeWeights::oracle_priority of the pass being planned
   std::vector<int64_t> by_token;  // indices of entries bucketed by token (CSR with token_begin (N+1))
   std::vector<int64_t> token_begin, cursor;
   // Bounds of the last plan_routing whatever the gates: rows in all (the router's
@@ -126,6 +128,10 @@ void fill_trace(MoeLayerTrace& trace, const MoeWorkspace& ws, const float* gates
 // gather, experts and combine into x (N, D); fills the trace when given.
 void token_router_forward(float* x, const float* h, const MoeShape& shape, const MoeConfig& moe, const MoeWeights& w,
                           MoeWorkspace& ws, nn::PrimitiveCache& cache, MoeLayerTrace* trace, StageTimes* times);
+
+// x (N, D) += sum over shared experts s of GELU(h @ w0[s] + b0[s]) @ w1[s] + b1[s].
+void run_shared_experts(float* x, const float* h, int64_t N, int D, int M, int shared, const MoeWeights& w,
+                        MoeWorkspace& ws, nn::PrimitiveCache& cache);
 
 // x (N, D) += MoE(h) with h = LN_1(x): the routed experts' weighted outputs plus, with
 // shared experts, sum over s of shared_s(h). `trace` may be null.

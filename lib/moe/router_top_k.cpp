@@ -90,7 +90,7 @@ uint32_t descending_key(float score) { return ~ascending_key(score); }
 
 }  // namespace
 
-void priority_scores(float* out, const float* probs, const float* learned, int S, int E, int k, Priority priority) {
+void priority_scores(float* out, const float* probs, const float* given, int S, int E, int k, Priority priority) {
   std::vector<float>& sorted = top_k_scratch().sorted;
   sorted.resize(E);
   for (int t = 0; t < S; ++t) {
@@ -119,8 +119,12 @@ void priority_scores(float* out, const float* probs, const float* learned, int S
         break;
       }
       case Priority::learned:
-        if (!learned) fail("priority learned: the model has no learned scorer");
-        out[t] = learned[t];
+        if (!given) fail("priority learned: the model has no learned scorer");
+        out[t] = given[t];
+        break;
+      case Priority::oracle:
+        if (!given) fail("priority oracle: no importance was computed for this pass");
+        out[t] = given[t];
         break;
     }
   }
@@ -156,7 +160,7 @@ void route_top_k(TopKRouting& out, const float* probs, const float* learned, int
   }
   out.expert = out.choice;
   out.priority.resize(S);
-  priority_scores(out.priority.data(), probs, learned, S, E, k, o.priority);
+  priority_scores(out.priority.data(), probs, o.priority == Priority::oracle ? o.oracle : learned, S, E, k, o.priority);
   out.order.resize(S);
   std::iota(out.order.begin(), out.order.end(), 0);
   if (o.batch_priority) {
@@ -290,6 +294,7 @@ class TopKRouter final : public DenseGateRouter {
       o.k = k, o.capacity = capacity[g], o.batch_priority = m.batch_priority;
       o.priority = m.priority, o.gating = m.gating, o.overflow = m.overflow;
       o.select = select ? select + groups[g].first * E : nullptr;
+      o.oracle = ws.oracle_priority ? ws.oracle_priority + groups[g].first : nullptr;
       route_top_k(ws.top_k[g], gates + groups[g].first * E, learned ? learned + groups[g].first : nullptr,
                   static_cast<int>(groups[g].size), E, o);
     }

@@ -34,13 +34,15 @@ struct TopKOptions {
   // top-k choice and overflow "next" (balance "bias": logits + per-expert bias). Gates,
   // their renormalisation and the priority stay the probabilities'.
   const float* select = nullptr;
+  // (S) the scores of priority oracle (the tokens' importance), which must then be given.
+  const float* oracle = nullptr;
 };
 
 // Per-token BPR score of a group (docs/ROUTING.md), larger first: max_gate = top-1
 // probability, sum_gates = sum of the top-k probabilities, entropy = minus the entropy of
 // the probabilities, random = a fixed hash of the position in the group, learned = the
-// block's scorer output `learned` (S), which must then be given.
-void priority_scores(float* out, const float* probs, const float* learned, int S, int E, int k, Priority priority);
+// block's scorer output and oracle = the tokens' importance, both given in `given` (S).
+void priority_scores(float* out, const float* probs, const float* given, int S, int E, int k, Priority priority);
 
 // probs: (S, E) softmax probabilities. Picks top-k per token (ties to the lower expert),
 // orders tokens by position (vanilla) or by priority descending, stable (BPR), then walks

@@ -28,7 +28,8 @@ constexpr std::pair<Priority, const char*> kPriorities[] = {{Priority::max_gate,
                                                             {Priority::sum_gates, "sum_gates"},
                                                             {Priority::entropy, "entropy"},
                                                             {Priority::random, "random"},
-                                                            {Priority::learned, "learned"}};
+                                                            {Priority::learned, "learned"},
+                                                            {Priority::oracle, "oracle"}};
 constexpr std::pair<Gating, const char*> kGatings[] = {{Gating::softmax_topk, "softmax_topk"},
                                                        {Gating::topk_softmax, "topk_softmax"}};
 constexpr std::pair<Overflow, const char*> kOverflows[] = {{Overflow::drop, "drop"}, {Overflow::next, "next"}};

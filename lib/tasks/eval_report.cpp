@@ -1,5 +1,6 @@
 #include "tasks/eval_report.hpp"
 
+#include <algorithm>
 #include <fstream>
 
 #include <fmt/format.h>
@@ -63,6 +64,24 @@ std::string foreground_csv(const EvalResult& r) {
                      moe ? fmt::format("{:.6f}", mean(any)) : "", joined(all), joined(any));
 }
 
+// The importance columns, each preceded by its comma; empty without --importance (and
+// the oracle ones without an oracle order, the scorers' without that scorer).
+std::string importance_csv(const EvalResult& r) {
+  const EvalCounts& k = r.counts;
+  auto overall = [&](bool oracle, bool all) {
+    return k.has_importance && (!oracle || k.has_oracle) ? fmt::format("{:.6f}", r.importance_kept_overall(oracle, all))
+                                                         : std::string();
+  };
+  std::string out = "," + overall(false, false) + "," + overall(false, true) + "," + overall(true, false) + "," +
+                    overall(true, true) + "," + joined(r.importance_kept()) + "," + joined(r.importance_kept(true));
+  for (const char* scorer : {"max_gate", "sum_gates", "entropy", "random", "learned"}) {
+    const auto at = std::find(k.scorers.begin(), k.scorers.end(), scorer);
+    out += ",";
+    if (at != k.scorers.end()) out += fmt::format("{:.6f}", mean(r.importance_spearman(at - k.scorers.begin())));
+  }
+  return out;
+}
+
 }  // namespace
 
 nlohmann::json eval_to_json(const EvalResult& r) {
@@ -85,6 +104,17 @@ nlohmann::json eval_to_json(const EvalResult& r) {
       layers.back()["foreground_tokens"] = l.foreground_tokens;
       layers.back()["foreground_kept_all"] = l.foreground_kept_all;
       layers.back()["foreground_kept_any"] = l.foreground_kept_any;
+    }
+    if (k.has_importance) {
+      layers.back()["importance_pairs"] = l.importance_pairs;
+      layers.back()["importance_kept_any"] = l.importance_kept_any;
+      layers.back()["importance_kept_all"] = l.importance_kept_all;
+      if (k.has_oracle) {
+        layers.back()["oracle_kept_any"] = l.oracle_kept_any;
+        layers.back()["oracle_kept_all"] = l.oracle_kept_all;
+      }
+      layers.back()["spearman_images"] = l.spearman_images;
+      layers.back()["spearman_sum"] = l.spearman_sum;
     }
   }
   json j{{"model", r.model},
@@ -121,6 +151,17 @@ nlohmann::json eval_to_json(const EvalResult& r) {
   j["foreground_kept_all"] = k.has_foreground ? json(r.foreground_kept_all()) : json(nullptr);
   j["foreground_kept_any"] = k.has_foreground ? json(r.foreground_kept_any()) : json(nullptr);
   if (k.has_foreground) j["counts"]["foreground_patches"] = k.foreground_patches;
+  // Added by issue 22: --importance (null without it; the oracle's null for routers with no order).
+  j["importance_kept"] = k.has_importance ? json(r.importance_kept_overall()) : json(nullptr);
+  j["importance_kept_all"] = k.has_importance ? json(r.importance_kept_overall(false, true)) : json(nullptr);
+  j["importance_kept_oracle"] = k.has_oracle ? json(r.importance_kept_overall(true)) : json(nullptr);
+  j["importance_kept_oracle_all"] = k.has_oracle ? json(r.importance_kept_overall(true, true)) : json(nullptr);
+  j["importance_kept_per_layer"] = k.has_importance ? json(r.importance_kept()) : json(nullptr);
+  j["importance_kept_oracle_per_layer"] = k.has_oracle ? json(r.importance_kept(true)) : json(nullptr);
+  json spearman = json::object();
+  for (size_t s = 0; s < k.scorers.size(); ++s) spearman[k.scorers[s]] = r.importance_spearman(s);
+  j["importance_spearman"] = k.has_importance ? spearman : json(nullptr);
+  if (k.has_importance) j["counts"]["importance"] = {{"oracle", k.has_oracle}, {"scorers", k.scorers}};
   j["priority"] = r.priority.empty() ? json(nullptr) : json(r.priority);
   j["overflow"] = r.overflow.empty() ? json(nullptr) : json(r.overflow);
   return j;
@@ -155,6 +196,12 @@ EvalResult eval_from_json(const nlohmann::json& j, const std::string& what) {
     k.foreground_patches = get<int64_t>(c, "foreground_patches", cw);
     if (k.foreground_patches < 0) fail("{}: negative foreground_patches", cw);
   }
+  k.has_importance = c.contains("importance");
+  if (k.has_importance) {
+    const nlohmann::json i = get<nlohmann::json>(c, "importance", cw);
+    k.has_oracle = get<bool>(i, "oracle", cw + ": importance");
+    k.scorers = get<std::vector<std::string>>(i, "scorers", cw + ": importance");
+  }
   for (const nlohmann::json& l : get<nlohmann::json>(c, "layers", cw)) {
     const std::string lw = cw + ": layers";
     EvalLayerCounts lc;
@@ -173,6 +220,22 @@ EvalResult eval_from_json(const nlohmann::json& j, const std::string& what) {
       if (lc.foreground_tokens < 0 || lc.foreground_kept_any < lc.foreground_kept_all || lc.foreground_kept_all < 0 ||
           lc.foreground_kept_any > lc.foreground_tokens)
         fail("{}: foreground counts of layer {} do not add up", lw, lc.layer);
+    }
+    if (k.has_importance) {
+      lc.importance_pairs = get<int64_t>(l, "importance_pairs", lw);
+      lc.importance_kept_any = get<double>(l, "importance_kept_any", lw);
+      lc.importance_kept_all = get<double>(l, "importance_kept_all", lw);
+      if (k.has_oracle) {
+        lc.oracle_kept_any = get<double>(l, "oracle_kept_any", lw);
+        lc.oracle_kept_all = get<double>(l, "oracle_kept_all", lw);
+      }
+      lc.spearman_images = get<int64_t>(l, "spearman_images", lw);
+      lc.spearman_sum = get<std::vector<double>>(l, "spearman_sum", lw);
+      const double pairs = static_cast<double>(lc.importance_pairs);
+      for (double v : {lc.importance_kept_any, lc.importance_kept_all, lc.oracle_kept_any, lc.oracle_kept_all})
+        if (!(v >= 0 && v <= pairs)) fail("{}: importance sums of layer {} do not add up", lw, lc.layer);
+      if (lc.spearman_images < 0 || lc.spearman_sum.size() != k.scorers.size())
+        fail("{}: spearman sums of layer {} do not match the scorers", lw, lc.layer);
     }
     k.layers.push_back(lc);
   }
@@ -200,7 +263,11 @@ std::string eval_csv_header() {
          "processed_tokens,images_per_s,seconds,shard,dropped_per_layer,choices_dropped_per_layer,"
          // Added by issue 11 (appended: earlier columns keep their positions).
          "foreground_patches_per_image,foreground_kept_all,foreground_kept_any,foreground_kept_all_per_layer,"
-         "foreground_kept_any_per_layer,priority,overflow";
+         "foreground_kept_any_per_layer,priority,overflow,"
+         // Added by issue 22 (vmoe eval --importance; empty without it).
+         "importance_kept,importance_kept_all,importance_kept_oracle,importance_kept_oracle_all,"
+         "importance_kept_per_layer,importance_kept_oracle_per_layer,spearman_max_gate,spearman_sum_gates,"
+         "spearman_entropy,spearman_random,spearman_learned";
 }
 
 std::string eval_csv_row(const EvalResult& r) {
@@ -211,7 +278,7 @@ std::string eval_csv_row(const EvalResult& r) {
                      r.has_capacity ? fmt::format("{:.6g}", mean_effective(r)) : "", r.group_images, k.images, r.top1(), r.top5(), r.mean_dropped(), r.mean_choices_dropped(),
                      r.processed_tokens(), r.images_per_s(), k.seconds, shard, joined(r.dropped()),
                      joined(r.choices_dropped())) +
-         foreground_csv(r) + "," + r.priority + "," + r.overflow;
+         foreground_csv(r) + "," + r.priority + "," + r.overflow + importance_csv(r);
 }
 
 std::string eval_text(const EvalResult& r) {
@@ -248,6 +315,24 @@ std::string eval_text(const EvalResult& r) {
   if (k.has_foreground)
     out += fmt::format("foreground {:.2f} patches per image (some pixel above 10% of the value range)\n",
                        r.foreground_per_image());
+  if (k.has_importance) {
+    const std::vector<double> kept = r.importance_kept(), kept_all = r.importance_kept(false, true);
+    const std::vector<double> oracle = r.importance_kept(true);
+    for (size_t i = 0; i < k.layers.size(); ++i) {
+      out += fmt::format("importance block {}: kept {:.2f}% (all choices {:.2f}%)", k.layers[i].layer, 100.0 * kept[i],
+                         100.0 * kept_all[i]);
+      if (k.has_oracle) out += fmt::format(", oracle order {:.2f}%", 100.0 * oracle[i]);
+      for (size_t s = 0; s < k.scorers.size(); ++s)
+        out += fmt::format("{} {} {:.3f}", s ? "," : "; spearman", k.scorers[s], r.importance_spearman(s)[i]);
+      out += "\n";
+    }
+    out += fmt::format("importance kept {:.2f}% by tokens reaching an expert, {:.2f}% with all choices", 100.0 * r.importance_kept_overall(),
+                       100.0 * r.importance_kept_overall(false, true));
+    if (k.has_oracle)
+      out += fmt::format("; oracle order {:.2f}% / {:.2f}%", 100.0 * r.importance_kept_overall(true),
+                         100.0 * r.importance_kept_overall(true, true));
+    out += " (mean over image-block pairs with positive importance)\n";
+  }
   if (!k.layers.empty()) out += fmt::format("processed  {:.2f}% of tokens reached an expert (mean over MoE blocks)\n",
                                             100.0 * r.processed_tokens());
   out += fmt::format("speed      {:.1f} images/s ({:.2f} s{})\n", r.images_per_s(), k.seconds,

@@ -10,11 +10,14 @@
 #include <exception>
 #include <map>
 #include <numeric>
+#include <optional>
 
 #include "core/error.hpp"
 #include "moe/capacity.hpp"
+#include "moe/routers.hpp"
 #include "spec/router.hpp"
 #include "tasks/foreground.hpp"
+#include "tasks/importance.hpp"
 #include "tasks/route.hpp"
 
 namespace vmoe {
@@ -135,6 +138,8 @@ void EvalCounts::merge(const EvalCounts& o) {
   seconds += o.seconds;
   foreground_patches += o.foreground_patches;
   has_foreground = has_foreground && o.has_foreground;
+  if (has_importance != o.has_importance || has_oracle != o.has_oracle || scorers != o.scorers)
+    fail("cannot merge results with and without the same --importance figures");
   shards.insert(shards.end(), o.shards.begin(), o.shards.end());
   std::sort(shards.begin(), shards.end());
   for (size_t c = 0; c < class_images.size(); ++c) {
@@ -152,6 +157,12 @@ void EvalCounts::merge(const EvalCounts& o) {
     a.expert_tokens += b.expert_tokens;
     a.foreground_tokens += b.foreground_tokens;
     a.foreground_kept_all += b.foreground_kept_all;
+    a.importance_pairs += b.importance_pairs;
+    a.importance_kept_any += b.importance_kept_any, a.importance_kept_all += b.importance_kept_all;
+    a.oracle_kept_any += b.oracle_kept_any, a.oracle_kept_all += b.oracle_kept_all;
+    a.spearman_images += b.spearman_images;
+    if (a.spearman_sum.size() != b.spearman_sum.size()) fail("cannot merge: the parts correlate different scorers");
+    for (size_t s = 0; s < a.spearman_sum.size(); ++s) a.spearman_sum[s] += b.spearman_sum[s];
     a.foreground_kept_any += b.foreground_kept_any;
     // A shard with only a partial last group reports that group's capacity; the full-group one wins.
     if (b.capacity > a.capacity) {
@@ -203,6 +214,37 @@ std::vector<double> EvalResult::foreground_kept_any() const {
   return out;
 }
 
+std::vector<double> EvalResult::importance_kept(bool oracle, bool all_choices) const {
+  std::vector<double> out;
+  if (!counts.has_importance || (oracle && !counts.has_oracle)) return out;
+  for (const EvalLayerCounts& l : counts.layers) {
+    const double sum = oracle ? (all_choices ? l.oracle_kept_all : l.oracle_kept_any)
+                              : (all_choices ? l.importance_kept_all : l.importance_kept_any);
+    out.push_back(l.importance_pairs > 0 ? sum / static_cast<double>(l.importance_pairs) : 1.0);
+  }
+  return out;
+}
+
+double EvalResult::importance_kept_overall(bool oracle, bool all_choices) const {
+  double sum = 0;
+  int64_t pairs = 0;
+  for (const EvalLayerCounts& l : counts.layers) {
+    sum += oracle ? (all_choices ? l.oracle_kept_all : l.oracle_kept_any)
+                  : (all_choices ? l.importance_kept_all : l.importance_kept_any);
+    pairs += l.importance_pairs;
+  }
+  return pairs > 0 ? sum / static_cast<double>(pairs) : 1.0;
+}
+
+std::vector<double> EvalResult::importance_spearman(size_t scorer) const {
+  std::vector<double> out;
+  for (const EvalLayerCounts& l : counts.layers)
+    out.push_back(l.spearman_images > 0 && scorer < l.spearman_sum.size()
+                      ? l.spearman_sum[scorer] / static_cast<double>(l.spearman_images)
+                      : 0.0);
+  return out;
+}
+
 double EvalResult::foreground_per_image() const { return ratio(counts.foreground_patches, counts.images); }
 
 double batch_memory_bytes(const ModelConfig& c, const MoeConfig* routing, int64_t B) {
@@ -244,6 +286,51 @@ void check_batch_memory(const ModelConfig& c, const MoeConfig* routing, int64_t 
        fits < 1 ? "; even one image does not fit" : "");
 }
 
+namespace {
+
+// The scorers `vmoe eval --importance` correlates with importance: the gate-based ones,
+// and the model's learned scorer when it has one.
+std::vector<Priority> importance_scorers(const MoeConfig& file_moe) {
+  std::vector<Priority> s = {Priority::max_gate, Priority::sum_gates, Priority::entropy, Priority::random};
+  if (file_moe.priority == Priority::learned) s.push_back(Priority::learned);
+  return s;
+}
+
+// Adds one batch's importance figures to the layers' counts: kept shares under the run's
+// trace and (when given) the oracle order's, and the scorers' correlation per image.
+void count_importance(std::vector<EvalLayerCounts>& layers, const PatchImportance& imp, const RoutingTrace& run,
+                      const RoutingTrace* oracle, const std::vector<Priority>& scorers, const MoeConfig& moe) {
+  const int T = imp.tokens, E = moe.num_experts;
+  std::vector<float> importance(T), score(T);
+  for (size_t j = 0; j < layers.size(); ++j) {
+    EvalLayerCounts& lc = layers[j];
+    lc.spearman_sum.resize(scorers.size(), 0.0);
+    const MoeLayerTrace& reference = imp.reference.layers.at(j);
+    for (int b = 0; b < imp.images; ++b) {
+      if (const auto kept = importance_kept(imp, b, static_cast<int>(j), run.layers.at(j), moe.k)) {
+        ++lc.importance_pairs;
+        lc.importance_kept_any += kept->any, lc.importance_kept_all += kept->all;
+        if (oracle) {
+          const auto best = importance_kept(imp, b, static_cast<int>(j), oracle->layers.at(j), moe.k);
+          lc.oracle_kept_any += best->any, lc.oracle_kept_all += best->all;
+        }
+      }
+      if (scorers.empty()) continue;
+      std::copy(imp.of(b, static_cast<int>(j)), imp.of(b, static_cast<int>(j)) + T, importance.begin());
+      const float* gates = reference.gates.data() + static_cast<size_t>(b) * T * E;
+      const float* learned = reference.priority_score.empty() ? nullptr : reference.priority_score.data() + static_cast<size_t>(b) * T;
+      for (size_t s = 0; s < scorers.size(); ++s) {
+        // Each image's tokens scored as a group of their own (random: its positions).
+        priority_scores(score.data(), gates, learned, T, E, moe.k, scorers[s]);
+        lc.spearman_sum[s] += spearman(score, importance);
+      }
+      ++lc.spearman_images;
+    }
+  }
+}
+
+}  // namespace
+
 EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& options) {
   const ModelConfig& c = engine.config();
   const MoeConfig* moe = engine.routing();
@@ -278,7 +365,11 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
   k.class_images.assign(data.class_names.size(), 0);
   k.class_top1.assign(data.class_names.size(), 0);
   if (moe)
-    for (int layer : moe->layers) k.layers.push_back({.layer = layer});
+    for (int layer : moe->layers) {
+      EvalLayerCounts lc;
+      lc.layer = layer;
+      k.layers.push_back(lc);
+    }
 
   // No bigger than the images to evaluate (whole groups), and refused up front if it
   // cannot fit in memory.
@@ -293,6 +384,26 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
   std::vector<uint8_t> foreground(static_cast<size_t>(batch) * patches);  // (B, patches)
   RoutingTrace trace;
   trace.detail = options.detail_trace;
+  // Patch importance: for --importance, and for the oracle order, which routes by it.
+  const bool oracle_run = moe && moe->priority == Priority::oracle;
+  const bool with_importance = moe && (options.importance || oracle_run);
+  const bool with_oracle = options.importance && moe && moe->router->top_k_options();
+  std::vector<Priority> scorers;
+  std::optional<MoeConfig> run_routing, oracle_routing;
+  if (moe) run_routing = *moe;
+  if (options.importance) {
+    if (!moe || moe->layers.empty()) fail("--importance: the model is dense, there is no MoE output to measure");
+    k.has_importance = true, k.has_oracle = with_oracle;
+    if (moe->router->top_k_options()) scorers = importance_scorers(*c.moe);
+    for (Priority p : scorers) k.scorers.push_back(to_string(p));
+    if (with_oracle) {
+      oracle_routing = *moe;
+      oracle_routing->priority = Priority::oracle;
+      oracle_routing->batch_priority = true;
+    }
+  }
+  RoutingTrace oracle_trace;
+  std::vector<float> oracle_logits;
   std::vector<int> labels;  // (B) dataset class of each image of the batch
   const auto start = std::chrono::steady_clock::now();
   for (size_t first = 0; first < mine.size(); first += batch) {
@@ -316,7 +427,24 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
       std::copy(mask.begin(), mask.end(), foreground.begin() + static_cast<ptrdiff_t>(b) * patches);
     }
     for (uint8_t f : foreground) k.foreground_patches += f;
+    std::optional<PatchImportance> importance;
+    if (with_importance) {
+      importance = patch_importance(engine, images.data(), B);
+      std::vector<std::vector<float>> scores;
+      for (size_t j = 0; j < importance->blocks.size(); ++j) scores.push_back(importance->block_scores(static_cast<int>(j)));
+      engine.set_oracle_priority(std::move(scores));
+    }
     engine.forward(logits.data(), images.data(), B, moe ? &trace : nullptr);
+    if (options.importance) {
+      if (with_oracle) {
+        engine.set_routing(*oracle_routing);
+        oracle_logits.resize(logits.size());
+        engine.forward(oracle_logits.data(), images.data(), B, &oracle_trace);
+        engine.set_routing(*run_routing);
+      }
+      count_importance(k.layers, *importance, trace, with_oracle ? &oracle_trace : nullptr, scorers, *run_routing);
+    }
+    if (with_importance) engine.set_oracle_priority({});
 
     for (int b = 0; b < B; ++b) {
       const int64_t i = mine[first + b];

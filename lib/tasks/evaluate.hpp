@@ -30,6 +30,16 @@ struct EvalLayerCounts {
   // Foreground patches (model/foreground.hpp) routed, and of those kept with all choices /
   // with at least one choice.
   int64_t foreground_tokens = 0, foreground_kept_all = 0, foreground_kept_any = 0;
+  // --importance (tasks/importance.hpp): the (image, block) pairs with some positive
+  // importance, and the sums over them of the share of it kept (a token reached at least
+  // one expert / kept all its choices) under the run's routing and under the oracle order
+  // (BPR by importance at the same capacity and grouping; top-k only).
+  int64_t importance_pairs = 0;
+  double importance_kept_any = 0, importance_kept_all = 0, oracle_kept_any = 0, oracle_kept_all = 0;
+  // Spearman correlation of each scorer's priority with importance over an image's tokens,
+  // summed over images (EvalCounts::scorers; top-k only).
+  int64_t spearman_images = 0;
+  std::vector<double> spearman_sum{};
 };
 
 struct EvalCounts {
@@ -43,6 +53,9 @@ struct EvalCounts {
   // False for results read from JSON written before the foreground counts existed (and
   // for merges including one): the foreground figures are then unknown, not 0.
   bool has_foreground = true;
+  bool has_importance = false;  // --importance figures are in the layers
+  bool has_oracle = false;  // ... with the oracle order's (top-k routers)
+  std::vector<std::string> scorers;  // the priority scorers correlated with importance
 
   // Adds another shard's counts; throws if the layers or classes do not line up or a
   // shard is counted twice.
@@ -73,6 +86,13 @@ struct EvalResult {
   std::vector<double> foreground_kept_all() const;
   std::vector<double> foreground_kept_any() const;
   double foreground_per_image() const;  // mean foreground patches per image
+  // --importance, per MoE layer (empty without): mean share of importance kept by tokens
+  // that reached an expert / kept all choices, by the run and by the oracle order; and
+  // the mean Spearman correlation of scorer s with importance.
+  std::vector<double> importance_kept(bool oracle = false, bool all_choices = false) const;
+  std::vector<double> importance_spearman(size_t scorer) const;
+  // The same averaged over every (image, layer) pair with positive importance.
+  double importance_kept_overall(bool oracle = false, bool all_choices = false) const;
 };
 
 // About how many bytes evaluating batches of B images takes beyond the weights: the
@@ -95,6 +115,10 @@ struct EvalOptions {
   // of its images (tasks/routing_stats). detail_trace also records gates and Soft-MoE weights.
   std::function<void(const RoutingTrace&, const std::vector<int>&)> on_trace;
   bool detail_trace = false;
+  // Patch importance (tasks/importance.hpp) of every image: importance kept by the run's
+  // routing and by the oracle order, and the scorers' rank correlation with it. Slow:
+  // one extra pass per token and MoE block from that block on.
+  bool importance = false;
 };
 
 // Dataset class -> model class index. Matches by exact name, then by slug (case and
