@@ -1,5 +1,5 @@
 // vmoe route IMAGE [-m MODEL] [-o DIR] [--capacity-factor C[,C...]] [--routing bpr|vanilla]
-//                  [--layer L|all] [--json] [--no-pictures]
+//                  [--priority P|oracle] [--importance] [--layer L|all] [--json] [--no-pictures]
 // Routes one image, writes the routing pictures (docs/ROUTE.md) into DIR and prints a
 // summary, or with --json the trace of DESIGN §5.
 #include <charconv>
@@ -33,6 +33,7 @@ struct RouteArgs {
   std::string resize;
   bool json = false;
   bool no_pictures = false;
+  bool importance = false;
 };
 
 using nlohmann::json;
@@ -109,6 +110,15 @@ json layer_json(const MoeLayerTrace& t, const RouteResult& r) {
   j["dispatch"] = std::move(dispatch);
   j["combine"] = std::move(combine);
   add_foreground(j, t, r);
+  // Added by issue 22: patch importance per token (null without --importance).
+  const std::vector<float> importance = r.importance_at(t.layer);
+  j["importance"] = importance.empty() ? json(nullptr) : json(importance);
+  if (!importance.empty()) {
+    double positive = 0, kept = 0;
+    for (int i = 0; i < N; ++i)
+      if (importance[i] > 0) positive += importance[i], kept += t.times_taken[i] > 0 ? importance[i] : 0.0f;
+    j["importance_kept"] = positive > 0 ? json(kept / positive) : json(nullptr);
+  }
   return j;
 }
 
@@ -157,7 +167,8 @@ json route_json(const RouteResult& r, const std::vector<std::string>& files) {
               {"layers", layers},
               {"strip", strip},
               {"files", files},
-              {"foreground", foreground}};
+              {"foreground", foreground},
+              {"importance_class", r.importance ? json(r.importance->predicted.at(0)) : json(nullptr)}};
 }
 
 void print_text(const RouteResult& r, const std::vector<std::string>& files, const std::string& dir) {
@@ -205,8 +216,11 @@ Run add_route(CLI::App& root) {
                   "the list for the capacity strip (default strip: 2,1,0.5,0.25,0.1)");
   app->add_option("--routing", args->routing, "bpr (batch priority) or vanilla (token order)")
       ->check(CLI::IsMember({"bpr", "vanilla"}));
-  add_priority_options(*app, args->priority, args->overflow);
+  add_priority_options(*app, args->priority, args->overflow, /*with_oracle=*/true);
   add_resize_option(*app, args->resize);
+  app->add_flag("--importance", args->importance,
+                "also compute patch importance: an importance heatmap beside each priority heatmap, \"importance\" "
+                "per layer in --json (docs/ROUTING.md)");
   app->add_option("--layer", args->layer, "MoE encoder block to show, or all")->capture_default_str();
   app->add_flag("--json", args->json, "print the routing trace as JSON (DESIGN §5)");
   app->add_flag("--no-pictures", args->no_pictures, "write no pictures (files: [])");
@@ -223,6 +237,7 @@ Run add_route(CLI::App& root) {
     else if (args->routing == "vanilla") request.batch_priority = false;
     request.layer = parse_layer(args->layer);
     request.strip = !args->no_pictures;
+    request.importance = args->importance;
     if (!args->priority.empty()) request.priority = parse_priority(args->priority);
     if (!args->overflow.empty()) request.overflow = parse_overflow(args->overflow);
 
@@ -238,6 +253,9 @@ Run add_route(CLI::App& root) {
       throw UsageError(fmt::format("--layer {}: not an MoE block of {} (its MoE blocks are {}; {} blocks in all)",
                                    *request.layer, path, blocks, c.num_layers));
     }
+    if ((args->importance || args->priority == "oracle") && !c.moe->router->drops())
+      throw UsageError(fmt::format("--importance / --priority oracle: the {} router of {} drops nothing, so there is "
+                                   "no kept importance to show (docs/ROUTING.md)", c.moe->router->name(), path));
     RoutingFlags flags;  // the main run's flags, checked against the model: a mismatch is bad usage
     flags.priority = args->priority, flags.overflow = args->overflow;
     if (!request.capacity_factors.empty()) flags.capacity_factor = request.capacity_factors.front();

@@ -87,6 +87,12 @@ RouteResult route_image(Engine& engine, const std::string& model_path, const std
   load_image(r.pixels.data(), image_path, c.image);
   r.foreground = foreground_patches(r.pixels.data(), c);
 
+  if (request.importance || (request.priority && *request.priority == Priority::oracle)) {
+    r.importance = patch_importance(engine, r.pixels.data(), 1);
+    std::vector<std::vector<float>> scores;
+    for (size_t j = 0; j < r.importance->blocks.size(); ++j) scores.push_back(r.importance->block_scores(static_cast<int>(j)));
+    engine.set_oracle_priority(std::move(scores));  // used only under priority oracle
+  }
   std::optional<double> main_factor;
   if (!request.capacity_factors.empty()) main_factor = request.capacity_factors.front();
   r.main = run_once(engine, r.pixels.data(), main_factor, request.batch_priority, request, true);
@@ -118,6 +124,13 @@ RouteResult route_image(Engine& engine, const std::string& model_path, const std
   o.group_images = 1;
   engine.set_routing(o);
   return r;
+}
+
+std::vector<float> RouteResult::importance_at(int block) const {
+  if (!importance) return {};
+  for (size_t j = 0; j < importance->blocks.size(); ++j)
+    if (importance->blocks[j] == block) return importance->block_scores(static_cast<int>(j));
+  return {};
 }
 
 // The one place drops are counted (route, eval, classify's capacity read it).

@@ -10,6 +10,7 @@
 #include "model/engine.hpp"
 #include "spec/routing_trace.hpp"
 #include "tasks/classify.hpp"
+#include "tasks/importance.hpp"
 
 namespace vmoe {
 
@@ -26,6 +27,9 @@ struct RouteRequest {
   std::optional<Overflow> overflow;  // --overflow; empty: the model's
   std::optional<int> layer;  // encoder block; empty: every MoE block
   bool strip = true;  // also run the strip settings (top-k and experts-choice only)
+  // Patch importance of the image at every MoE block (tasks/importance.hpp); always
+  // computed when the priority is oracle, which routes by it.
+  bool importance = false;
   int top_classes = 5;
 };
 
@@ -54,6 +58,9 @@ struct RouteResult {
   std::vector<bool> strip_rows_bpr;
   std::vector<RoutedRun> strip;
   const RoutedRun& strip_cell(size_t row, size_t col) const { return strip.at(row * strip_factors.size() + col); }
+  std::optional<PatchImportance> importance;  // with RouteRequest::importance (or priority oracle)
+  // (T) importance of the tokens at encoder block `block`, or empty.
+  std::vector<float> importance_at(int block) const;
 };
 
 // Throws vmoe::Error when the model has no MoE layer, the layer is not an MoE block, a

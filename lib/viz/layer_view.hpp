@@ -58,6 +58,21 @@ cv::Scalar taken_colour(int count, int max_count);
 cv::Mat taken_panel(const RouteResult& r, const MoeLayerTrace& t, int scale, int max_count);
 int max_times_taken(const MoeLayerTrace& t);
 
+// Heatmap panels (priority and importance pictures): each patch tinted by its value on
+// the viridis scale from the layer's smallest to its largest value, labelled with its
+// rank when `ranks` (1 = largest; ties keep token order, as BPR does). With `drops` a red
+// cross marks each token that layer trace dropped entirely.
+struct HeatScale {
+  float lo = 0, hi = 0;
+  double unit(float v) const { return hi > lo ? (v - lo) / (hi - lo) : 1.0; }
+};
+HeatScale heat_scale(const std::vector<float>& values);
+std::vector<int> descending_ranks(const std::vector<float>& values);
+cv::Mat heat_panel(const RouteResult& r, const std::vector<float>& values, bool ranks, const MoeLayerTrace* drops,
+                   int scale);
+// The value the priority heatmap shows per token: BPR's score (top-k) or the largest gate.
+std::vector<float> priority_values(const MoeLayerTrace& t);
+
 // Legend icon showing how the CLS token fared (it has no patch): `draw` paints a cell.
 void cls_legend(Legend& legend, const RouteResult& r, const std::function<void(cv::Mat&)>& draw,
                 const std::string& text);

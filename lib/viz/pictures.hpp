@@ -14,7 +14,7 @@ namespace vmoe::viz {
 
 struct Picture {
   std::string file;  // file name without directory: <image stem>-L<layer>-<kind>.png
-  std::string kind;  // experts | dropped | priority | gates | strip | taken | dispatch | combine
+  std::string kind;  // experts | dropped | priority | gates | importance | strip | taken | dispatch | combine
   int layer = 0;  // encoder block
   cv::Mat image;  // the page, CV_8UC3
   cv::Rect panel;  // where the (first) upscaled image panel sits on the page
@@ -26,7 +26,9 @@ struct Picture {
 Picture expert_overlay(const RouteResult& r, size_t layer);  // top-k, experts-choice
 Picture dropped_overlay(const RouteResult& r, size_t layer);  // top-k
 Picture priority_heatmap(const RouteResult& r, size_t layer);  // top-k: top-1 gate and BPR rank; EC: max gate
-Picture capacity_strip(const RouteResult& r, size_t layer);  // top-k, experts-choice; needs r.strip
+Picture capacity_strip(const RouteResult& r, size_t layer);
+// top-k, experts-choice with r.importance: the priority heatmap beside patch importance.
+Picture importance_heatmap(const RouteResult& r, size_t layer);  // top-k, experts-choice; needs r.strip
 Picture times_taken_map(const RouteResult& r, size_t layer);  // experts-choice
 Picture soft_dispatch_grid(const RouteResult& r, size_t layer, int max_slots = 16);  // soft
 Picture soft_combine_map(const RouteResult& r, size_t layer);  // soft

@@ -25,7 +25,10 @@ std::vector<Picture> route_pictures(const RouteResult& r) {
         case RouteView::expert_overlay: out.push_back(expert_overlay(r, i)); break;
         case RouteView::dropped_overlay: out.push_back(dropped_overlay(r, i)); break;
         case RouteView::times_taken: out.push_back(times_taken_map(r, i)); break;
-        case RouteView::priority_heatmap: out.push_back(priority_heatmap(r, i)); break;
+        case RouteView::priority_heatmap:
+          out.push_back(priority_heatmap(r, i));
+          if (r.importance) out.push_back(importance_heatmap(r, i));
+          break;
         case RouteView::capacity_strip:
           if (!r.strip.empty()) out.push_back(capacity_strip(r, i));
           break;
