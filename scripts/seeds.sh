@@ -79,7 +79,7 @@ evaluated() {  # ARM SEED: every row of the run is in eval.csv
   local setting
   for setting in $(settings_of "$1"); do
     has_row "$1" "$2" "$setting" || return 1
-    [[ $1 == vmoe ]] && { has_row vmoe_vanilla "$2" "$setting" || return 1; }
+    if [[ $1 == vmoe ]]; then has_row vmoe_vanilla "$2" "$setting" || return 1; fi
   done
   return 0
 }
@@ -99,7 +99,11 @@ evaluate() {  # ARM SEED
       ec) evaluate_one "$model" ec "$seed" "$setting" --capacity-factor "$setting" ;;
       *)
         evaluate_one "$model" "$arm" "$seed" "$setting" --capacity-factor "$setting" --routing bpr
-        [[ $arm == vmoe ]] && evaluate_one "$model" vmoe_vanilla "$seed" "$setting" --capacity-factor "$setting" --routing vanilla
+        # An if, not `[[ ]] &&`: as a function's last command a false test is its status,
+        # and set -e then ends the script (it stopped after the first upcycled arm).
+        if [[ $arm == vmoe ]]; then
+          evaluate_one "$model" vmoe_vanilla "$seed" "$setting" --capacity-factor "$setting" --routing vanilla
+        fi
         ;;
     esac
   done
