@@ -41,7 +41,7 @@ Picture importance_heatmap(const RouteResult& r, size_t layer) {
   legend.heading(top_k ? fmt::format("left: priority ({})", to_string(t.priority)) : "left: largest gate");
   legend.colour_bar(cv::COLORMAP_VIRIDIS, top_k ? "score" : "gate", fmt::format("{:.3f}", hp.lo), fmt::format("{:.3f}", hp.hi));
   legend.heading("right: patch importance");
-  legend.colour_bar(cv::COLORMAP_VIRIDIS, "nats", fmt::format("{:.3f}", hi.lo), fmt::format("{:.3f}", hi.hi));
+  legend.colour_bar(cv::COLORMAP_VIRIDIS, "nats", fmt::format("{:.3g}", hi.lo), fmt::format("{:.3g}", hi.hi));
   legend.text("number: rank, 1 = largest");
   legend.text("log p(class) lost without");
   legend.text("the patch's MoE output here");
@@ -52,12 +52,12 @@ Picture importance_heatmap(const RouteResult& r, size_t layer) {
   if (g.has_cls)
     cls_legend(
         legend, r, [&](cv::Mat& m) { m.setTo(colormap_colour(cv::COLORMAP_VIRIDIS, hi.unit(importance[0]))); },
-        fmt::format("importance {:.3f}, rank {}", importance[0], rank[0]));
+        fmt::format("importance {:.3g}, rank {}", importance[0], rank[0]));
   const int y = r.importance->predicted.at(0);
   const std::string predicted = y < static_cast<int>(r.config.labels.size()) ? r.config.labels[y] : fmt::format("class {}", y);
   const auto title = layer_title(
       r, t, "priority beside patch importance",
-      {fmt::format("importance of \"{}\" (full-capacity prediction), from {:.3f} to {:.3f} nats; crosses: dropped at "
+      {fmt::format("importance of \"{}\" (full-capacity prediction), from {:.3g} to {:.3g} nats; crosses: dropped at "
                    "this capacity factor",
                    predicted, hi.lo, hi.hi)});
   cv::Rect at;
