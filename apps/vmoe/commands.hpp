@@ -36,6 +36,7 @@ Run add_route(CLI::App& root);
 Run add_eval(CLI::App& root);
 Run add_train(CLI::App& root);
 Run add_upcycle(CLI::App& root);
+Run add_fit_priority(CLI::App& root);
 Run add_report(CLI::App& root);
 
 // Number checks with short messages (CLI11's own print the whole double range).

@@ -136,13 +136,13 @@ RoutingOverrides RoutingFlags::overrides() const {
 }
 
 void add_priority_options(CLI::App& app, std::string& priority, std::string& overflow, bool with_oracle) {
-  std::vector<std::string> names = {"max_gate", "sum_gates", "entropy", "random", "learned"};
+  std::vector<std::string> names = {"max_gate", "sum_gates", "entropy", "random", "learned", "fitted"};
   if (with_oracle) names.push_back("oracle");
   app.add_option("--priority", priority,
-                 with_oracle ? "BPR scorer: max_gate, sum_gates, entropy, random, learned (default: model's), or oracle: "
+                 with_oracle ? "BPR scorer: max_gate, sum_gates, entropy, random, learned, fitted (default: model's), or oracle: "
                                "by patch importance from a full-capacity pass first, an upper bound for any scorer "
                                "(slower: one extra pass per token and MoE block)"
-                             : "BPR scorer: max_gate, sum_gates, entropy, random or learned (default: model's)")
+                             : "BPR scorer: max_gate, sum_gates, entropy, random, learned or fitted (default: model's)")
       ->check(CLI::IsMember(names));
   app.add_option("--overflow", overflow, "a choice whose expert is full: drop, or next (its next expert with room)")
       ->check(CLI::IsMember({"drop", "next"}));

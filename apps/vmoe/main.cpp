@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
       {"eval", vmoe::cli::add_eval(app)},
       {"train", vmoe::cli::add_train(app)},
       {"upcycle", vmoe::cli::add_upcycle(app)},
+      {"fit-priority", vmoe::cli::add_fit_priority(app)},
       {"report", vmoe::cli::add_report(app)},
   };
   try {

@@ -176,6 +176,10 @@ Model initial_from_file(const TrainArgs& a) {
     if (a.group_images) m.group_images = *a.group_images;
     const bool had_scorer = m.priority == Priority::learned;
     a.apply_routing_variant(m);
+    if (m.priority == Priority::fitted)
+      throw UsageError(fmt::format("{} has a fitted importance head (vmoe fit-priority), which training would leave "
+                                   "stale: train with another --priority (e.g. max_gate) and fit it again after",
+                                   a.init_from));
     if (had_scorer && m.priority != Priority::learned)
       throw UsageError(fmt::format("{} has a learned priority scorer that scales its MoE outputs: it cannot be "
                                    "dropped (--priority learned, or start from a model without one)", a.init_from));

@@ -157,7 +157,8 @@ ModelConfig parse_config_json(const std::string& text) {
       moe.eval_capacity_factor = get_or<double>(m, "eval_capacity_factor", 0.0, "moe");
     moe.priority = get_enum(m, "priority", Priority::max_gate, "moe",
                             {{"max_gate", Priority::max_gate}, {"sum_gates", Priority::sum_gates},
-                             {"entropy", Priority::entropy}, {"random", Priority::random}, {"learned", Priority::learned}});
+                             {"entropy", Priority::entropy}, {"random", Priority::random}, {"learned", Priority::learned},
+                             {"fitted", Priority::fitted}});
     moe.gating = get_enum(m, "gating", Gating::softmax_topk, "moe",
                           {{"softmax_topk", Gating::softmax_topk}, {"topk_softmax", Gating::topk_softmax}});
     moe.overflow = get_enum(m, "overflow", Overflow::drop, "moe", {{"drop", Overflow::drop}, {"next", Overflow::next}});

@@ -149,8 +149,10 @@ void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* tim
   if (c.is_moe_layer(i)) {
     MoeWeights w{b.mlp0_kernel.data(), b.mlp0_bias.data(), b.mlp1_kernel.data(), b.mlp1_bias.data(),
                  b.router_kernel.data(), packed_[i].soft_mu.data(), gelu_activation(c)};
-    if (c.moe->priority == Priority::learned)  // the file's scorer scales outputs whatever --priority orders by
+    if (has_priority_scorer(c.moe->priority)) {  // a learned scorer scales outputs whatever --priority orders by
       w.priority_kernel = b.priority_kernel.data(), w.priority_bias = b.priority_bias.data();
+      w.scorer_scales_output = c.moe->priority == Priority::learned;
+    }
     w.balance_bias = b.balance_bias.data();  // null unless balance "bias"
     w.shared_w0 = b.shared0_kernel.data(), w.shared_b0 = b.shared0_bias.data();
     w.shared_w1 = b.shared1_kernel.data(), w.shared_b1 = b.shared1_bias.data();
@@ -165,6 +167,7 @@ void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* tim
     if (tap) {
       tap->block = i;
       tap->without_routed.assign(x, x + N * D);
+      tap->normed.assign(h, h + N * D);
       if (c.moe->num_shared_experts > 0)
         run_shared_experts(tap->without_routed.data(), h, N, static_cast<int>(D), c.expert_mlp_dim(),
                            c.moe->num_shared_experts, w, moe_ws_, cache_);

@@ -20,6 +20,7 @@ struct MoeTap {
   int block = 0;  // encoder block index
   std::vector<float> after;  // (B*T, D)
   std::vector<float> without_routed;  // (B*T, D)
+  std::vector<float> normed;  // (B*T, D) h = LN_1(x), what the router and experts read
 };
 
 class Engine {

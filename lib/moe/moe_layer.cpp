@@ -210,6 +210,7 @@ void token_router_forward(float* x, const float* h, const MoeShape& sh, const Mo
     }
     if (moe.priority == Priority::oracle && !w.oracle_priority) fail("priority oracle: no importance given to this MoE block");
     ws.oracle_priority = w.oracle_priority;
+    ws.scorer_scales_output = w.scorer_scales_output;
     plan_routing(ws, gates, scores, sh, moe, select);
   }
   dispatch_run_combine(x, h, N, D, sh.mlp, E, w, ws, cache, times);

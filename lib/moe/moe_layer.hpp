@@ -27,6 +27,7 @@ struct MoeWeights {
   nn::Activation gelu = nn::Activation::gelu_tanh;  // the experts' GELU (config "gelu")
   const float* priority_kernel = nullptr;  // (D)   learned scorer (priority "learned" models only)
   const float* priority_bias = nullptr;  // ()
+  bool scorer_scales_output = true;  // learned: yes; fitted (an importance head): no
   const float* balance_bias = nullptr;  // (E)  balance "bias" (top_k): selection logits = logits + bias
   // num_shared_experts Sh > 0: experts every token passes through with weight 1.
   const float* shared_w0 = nullptr;  // (Sh, D, M)
@@ -51,6 +52,7 @@ struct MoeWorkspace {
   };
   std::vector<Entry> entries;
   const float* oracle_priority = nullptr;  // (N) MoeWeights::oracle_priority of the pass being planned
+  bool scorer_scales_output = true;  // MoeWeights::scorer_scales_output of the pass being planned
   std::vector<int64_t> by_token;  // indices of entries bucketed by token (CSR with token_begin (N+1))
   std::vector<int64_t> token_begin, cursor;
   // Bounds of the last plan_routing whatever the gates: rows in all (the router's

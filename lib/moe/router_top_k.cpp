@@ -126,6 +126,10 @@ void priority_scores(float* out, const float* probs, const float* given, int S, 
         if (!given) fail("priority oracle: no importance was computed for this pass");
         out[t] = given[t];
         break;
+      case Priority::fitted:
+        if (!given) fail("priority fitted: the model has no fitted importance head");
+        out[t] = given[t];
+        break;
     }
   }
 }
@@ -316,7 +320,7 @@ class TopKRouter final : public DenseGateRouter {
       const int64_t* base = ws.group_expert_base.data() + g * E;
       for (int64_t t = 0; t < groups[g].size; ++t) {
         const int64_t n = groups[g].first + t;
-        const float scale = learned ? learned_output_scale(learned[n]) : 1.0f;
+        const float scale = learned && ws.scorer_scales_output ? learned_output_scale(learned[n]) : 1.0f;
         for (int q = 0; q < k; ++q) {
           const int slot = r.slot[t * k + q];
           if (slot < 0) continue;

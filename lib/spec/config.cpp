@@ -29,7 +29,8 @@ constexpr std::pair<Priority, const char*> kPriorities[] = {{Priority::max_gate,
                                                             {Priority::entropy, "entropy"},
                                                             {Priority::random, "random"},
                                                             {Priority::learned, "learned"},
-                                                            {Priority::oracle, "oracle"}};
+                                                            {Priority::oracle, "oracle"},
+                                                            {Priority::fitted, "fitted"}};
 constexpr std::pair<Gating, const char*> kGatings[] = {{Gating::softmax_topk, "softmax_topk"},
                                                        {Gating::topk_softmax, "topk_softmax"}};
 constexpr std::pair<Overflow, const char*> kOverflows[] = {{Overflow::drop, "drop"}, {Overflow::next, "next"}};
@@ -79,7 +80,7 @@ int64_t ModelConfig::param_count() const {
       const int64_t E = moe->num_experts, Me = expert_mlp_dim(), expert = 2 * D * Me + Me + D;
       n += (E + moe->num_shared_experts) * expert;
       for (const RouterParam& r : moe->router->params(*moe, D)) n += shape_numel(r.shape);  // balance_bias too
-      if (moe->priority == Priority::learned) n += D + 1;  // the block's priority scorer
+      if (has_priority_scorer(moe->priority)) n += D + 1;  // the block's priority scorer
     } else {
       n += 2 * D * M + M + D;
     }
@@ -230,6 +231,9 @@ MoeConfig apply_overrides(MoeConfig moe, const RoutingOverrides& o) {
     // The learned scorer is a set of weights: only a model trained with one has it.
     if (*o.priority == Priority::learned && moe.priority != Priority::learned)
       fail("--priority learned needs a model trained with a learned scorer (its config says priority {})",
+           to_string(moe.priority));
+    if (*o.priority == Priority::fitted && moe.priority != Priority::fitted)
+      fail("--priority fitted needs a model with a fitted importance head (vmoe fit-priority; its config says priority {})",
            to_string(moe.priority));
     moe.priority = *o.priority;
   }

@@ -19,9 +19,13 @@ enum class CapacityRounding { ceil, round };
 enum class Gelu { tanh, erf };  // GELU form of every MLP (amendment: top-level "gelu")
 // Top-k routing variants (docs/ROUTING.md): the order BPR processes tokens in, whether
 // the k gates are renormalised, and where a choice goes when its expert is full.
-// oracle: BPR by patch importance (tasks/importance), given to the engine before the pass;
-// an evaluation tool (--priority oracle), never a model file's setting.
-enum class Priority { max_gate, sum_gates, entropy, random, learned, oracle };
+// learned: a trained scorer that also scales the MoE output; fitted: a head fitted to patch
+// importance after training (vmoe fit-priority), which only orders tokens. oracle: BPR by
+// patch importance (tasks/importance), given to the engine before the pass; an evaluation
+// tool (--priority oracle), never a model file's setting.
+enum class Priority { max_gate, sum_gates, entropy, random, learned, oracle, fitted };
+// Whether an MoE block of a model with this priority holds Moe/Priority/{kernel,bias}.
+inline bool has_priority_scorer(Priority p) { return p == Priority::learned || p == Priority::fitted; }
 enum class Gating { softmax_topk, topk_softmax };
 enum class Overflow { drop, next };
 // How top-k experts are kept balanced in training (amendment: moe.balance): the

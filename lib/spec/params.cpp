@@ -55,7 +55,7 @@ std::vector<Slot> collect_slots(Params& p, const ModelConfig& c) {
         s.push_back({pre + "Moe/Shared/Dense_1/bias", {Sh, D}, &b.shared1_bias});
       }
       for (const RouterParam& r : m.router->params(m, D)) s.push_back({pre + "Moe/Router/" + r.name, r.shape, &(b.*r.tensor)});
-      if (m.priority == Priority::learned) {
+      if (has_priority_scorer(m.priority)) {
         s.push_back({pre + "Moe/Priority/kernel", {D}, &b.priority_kernel});
         s.push_back({pre + "Moe/Priority/bias", {}, &b.priority_bias});
       }

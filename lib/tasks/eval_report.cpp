@@ -74,7 +74,7 @@ std::string importance_csv(const EvalResult& r) {
   };
   std::string out = "," + overall(false, false) + "," + overall(false, true) + "," + overall(true, false) + "," +
                     overall(true, true) + "," + joined(r.importance_kept()) + "," + joined(r.importance_kept(true));
-  for (const char* scorer : {"max_gate", "sum_gates", "entropy", "random", "learned"}) {
+  for (const char* scorer : {"max_gate", "sum_gates", "entropy", "random", "learned", "fitted"}) {
     const auto at = std::find(k.scorers.begin(), k.scorers.end(), scorer);
     out += ",";
     if (at != k.scorers.end()) out += fmt::format("{:.6f}", mean(r.importance_spearman(at - k.scorers.begin())));
@@ -267,7 +267,7 @@ std::string eval_csv_header() {
          // Added by issue 22 (vmoe eval --importance; empty without it).
          "importance_kept,importance_kept_all,importance_kept_oracle,importance_kept_oracle_all,"
          "importance_kept_per_layer,importance_kept_oracle_per_layer,spearman_max_gate,spearman_sum_gates,"
-         "spearman_entropy,spearman_random,spearman_learned";
+         "spearman_entropy,spearman_random,spearman_learned,spearman_fitted";
 }
 
 std::string eval_csv_row(const EvalResult& r) {

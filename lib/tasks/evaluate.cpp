@@ -292,7 +292,7 @@ namespace {
 // and the model's learned scorer when it has one.
 std::vector<Priority> importance_scorers(const MoeConfig& file_moe) {
   std::vector<Priority> s = {Priority::max_gate, Priority::sum_gates, Priority::entropy, Priority::random};
-  if (file_moe.priority == Priority::learned) s.push_back(Priority::learned);
+  if (has_priority_scorer(file_moe.priority)) s.push_back(file_moe.priority);
   return s;
 }
 

@@ -46,7 +46,7 @@ std::vector<float> PatchImportance::block_scores(int j) const {
   return out;
 }
 
-PatchImportance patch_importance(Engine& engine, const float* images, int B) {
+PatchImportance patch_importance(Engine& engine, const float* images, int B, bool keep_inputs) {
   const ModelConfig& c = engine.config();
   if (!c.moe || c.moe->layers.empty()) fail("importance: the model is dense, it has no MoE output to remove");
   if (!c.moe->router->drops())
@@ -66,7 +66,10 @@ PatchImportance patch_importance(Engine& engine, const float* images, int B) {
   std::vector<MoeTap> taps;
   imp.reference.detail = true;
   engine.forward(logits.data(), images, B, &imp.reference, nullptr, &taps);
-  for (const MoeTap& tap : taps) imp.blocks.push_back(tap.block);
+  for (MoeTap& tap : taps) {
+    imp.blocks.push_back(tap.block);
+    if (keep_inputs) imp.inputs.push_back(std::move(tap.normed));
+  }
   const int L = static_cast<int>(imp.blocks.size());
   imp.predicted.resize(B);
   imp.log_prob.resize(B);

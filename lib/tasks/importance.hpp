@@ -27,6 +27,7 @@ struct PatchImportance {
   std::vector<float> log_prob;  // (B) log p(y | x) of the reference pass
   std::vector<float> values;  // (B, blocks, T)
   RoutingTrace reference;  // the reference pass, with gates (detail)
+  std::vector<std::vector<float>> inputs;  // with keep_inputs: per block (B*T, D), h = LN_1(x) of the reference pass
 
   const float* of(int image, int j) const { return values.data() + (static_cast<size_t>(image) * blocks.size() + j) * tokens; }
   // (B*T) importance of block j for the whole batch, token n = image * T + t: what
@@ -36,7 +37,7 @@ struct PatchImportance {
 
 // Importance of every token of B images (B, H, W, C) at every MoE block. Leaves the
 // engine's routing as it found it. Throws for dense and Soft-MoE models.
-PatchImportance patch_importance(Engine& engine, const float* images, int B);
+PatchImportance patch_importance(Engine& engine, const float* images, int B, bool keep_inputs = false);
 
 // Share of the positive importance of one image at MoE block j that tokens kept:
 // any = reached at least one expert, all = kept every choice (top-k: k; experts-choice:

@@ -247,7 +247,8 @@ TopKFull top_k_full(const float* probs, const float* learned, int S, int E, cons
         break;
       }
       case vmoe::Priority::learned: r.priority[t] = learned[t]; break;
-      case vmoe::Priority::oracle: r.priority[t] = learned[t]; break;  // the given scores, as learned
+      case vmoe::Priority::oracle:  // the given scores, as learned
+      case vmoe::Priority::fitted: r.priority[t] = learned[t]; break;
     }
   }
   // Order: position, or priority descending with equal scores in position order.
