@@ -8,12 +8,19 @@
 #include <numeric>
 #include <random>
 
+#include <unistd.h>
+
+#include <filesystem>
+
 #include "core/error.hpp"
+#include "io/dataset.hpp"
+#include "io/model_file.hpp"
 #include "model/architectures.hpp"
 #include "model/engine.hpp"
 #include "moe/router_registry.hpp"
 #include "moe/routers.hpp"
 #include "spec/router.hpp"
+#include "tasks/fit_priority.hpp"
 #include "tasks/importance.hpp"
 
 using namespace vmoe;
@@ -34,6 +41,7 @@ Model one_token_decides(uint64_t seed) {
   c.moe->layers = {0};
   c.moe->num_experts = 2;
   c.moe->k = 1;
+  c.image.value_min = 0.0f;  // a black pixel is 0, so a dark patch embeds to exactly 0
   Model m = init_model(c, seed);
   VitParams& p = m.params;
   const int64_t D = c.hidden_size, M = c.expert_mlp_dim(), E = c.moe->num_experts;
@@ -208,4 +216,93 @@ TEST_CASE("spearman: hand-worked values", "[importance]") {
   CHECK(spearman({1, 1, 1}, {1, 2, 3}) == 0.0);
   // Ties take their average rank: ranks (0.5, 0.5, 2) against (0, 1, 2).
   CHECK(spearman({5, 5, 9}, {1, 2, 3}) == Approx(0.8660254).epsilon(1e-6));
+}
+
+TEST_CASE("fit-priority: solve_spd on a hand-worked system", "[importance]") {
+  // [[4, 2], [2, 3]] x = [2, 1]  ->  x = [0.5, 0]
+  const std::vector<double> x = solve_spd({4, 2, 2, 3}, {2, 1}, 2);
+  CHECK(x[0] == Approx(0.5));
+  CHECK(x[1] == Approx(0.0).margin(1e-12));
+  CHECK_THROWS_WITH(solve_spd({1, 2, 2, 1}, {1, 1}, 2), Catch::Contains("not positive definite"));
+}
+
+TEST_CASE("fit-priority: the head learns which token matters and leaves the function alone", "[importance]") {
+  const Model m = one_token_decides(4);
+  const ModelConfig& c = m.config;
+  Engine engine(m);
+  const int H = c.image.height, W = c.image.width, gw = c.grid_w(), T = c.num_tokens();
+  // Training images: dark, one bright patch somewhere.
+  Dataset data;
+  data.rows = H, data.cols = W, data.channels = 1, data.name = "synthetic";
+  data.class_names = {"a", "b"};
+  std::mt19937_64 rng(9);
+  std::uniform_int_distribution<int> where(0, T - 1), bright(150, 255);
+  auto add_image = [&](int patch) {
+    const size_t base = data.pixels.size();
+    data.pixels.resize(base + static_cast<size_t>(H) * W, 0);
+    for (int y = 0; y < c.patch_h; ++y)
+      for (int x = 0; x < c.patch_w; ++x)
+        data.pixels[base + static_cast<size_t>((patch / gw) * c.patch_h + y) * W + (patch % gw) * c.patch_w + x] =
+            static_cast<uint8_t>(bright(rng));
+    data.labels.push_back(0);
+  };
+  for (int i = 0; i < 24; ++i) add_image(where(rng));
+  FitPriorityOptions o;
+  o.images = 24, o.batch = 8;
+  const FitPriorityResult r = fit_priority(engine, data, o);
+  REQUIRE(r.model.config.moe->priority == Priority::fitted);
+  REQUIRE(r.r2.size() == 1);
+  CHECK(r.r2[0] > 0.5);  // one bright token per image carries all of it
+  // A new image: the head scores its bright token above every dark one.
+  Dataset probe = data;
+  probe.pixels.clear(), probe.labels.clear();
+  const int patch = 30;
+  std::swap(data, probe);
+  add_image(patch);
+  std::swap(data, probe);
+  std::vector<float> image(static_cast<size_t>(H) * W);
+  dataset_image(image.data(), probe, 0, c.image);
+  Engine fitted(r.model);
+  RoutingTrace trace;
+  std::vector<float> logits(c.num_classes), original(c.num_classes);
+  fitted.forward(logits.data(), image.data(), 1, &trace);
+  const std::vector<float>& score = trace.layers.at(0).priority_score;
+  CHECK(std::max_element(score.begin(), score.end()) - score.begin() == patch);
+  // Priority "fitted" only orders: at full capacity the logits are the original model's.
+  RoutingOverrides full;
+  full.capacity_factor = 4.0;
+  fitted.set_routing(full), engine.set_routing(full);
+  fitted.forward(logits.data(), image.data(), 1);
+  engine.forward(original.data(), image.data(), 1);
+  CHECK(logits == original);
+}
+
+TEST_CASE("fit-priority: a fitted model saves and loads with its heads", "[importance]") {
+  const Model m = init_model(find_architecture("vmoe-fmnist").config, 2);
+  Engine engine(m);
+  Dataset data;
+  data.rows = data.cols = 28, data.channels = 1, data.name = "noise", data.class_names = {"x"};
+  std::mt19937_64 rng(1);
+  for (int i = 0; i < 4; ++i) {
+    for (int p = 0; p < 28 * 28; ++p) data.pixels.push_back(static_cast<uint8_t>(rng() % 256));
+    data.labels.push_back(0);
+  }
+  FitPriorityOptions o;
+  o.images = 4;
+  const FitPriorityResult r = fit_priority(engine, data, o);
+  const std::string path = (std::filesystem::temp_directory_path() / ("vmoe_fit_" + std::to_string(::getpid()) + ".safetensors")).string();
+  save_model(r.model, path);
+  const Model back = load_model(path);
+  std::filesystem::remove(path);
+  REQUIRE(back.config.moe->priority == Priority::fitted);
+  for (int l : back.config.moe->layers) {
+    CHECK(back.params.blocks[l].priority_kernel.numel() == back.config.hidden_size);
+    CHECK(back.params.blocks[l].priority_kernel.data()[0] == r.model.params.blocks[l].priority_kernel.data()[0]);
+  }
+  // The learned scorer's tensors are the head's: fitting a learned model is refused.
+  ModelConfig lc = find_architecture("vmoe-fmnist").config;
+  lc.moe->priority = Priority::learned;
+  const Model learned = init_model(lc, 2);
+  Engine learned_engine(learned);
+  CHECK_THROWS_WITH(fit_priority(learned_engine, data, o), Catch::Contains("learned scorer"));
 }
