@@ -140,8 +140,11 @@ old = ("model,data,router,routing,capacity_factor,effective_capacity_factor,grou
 rows = list(csv.reader(open(sys.argv[1])))
 header, row = rows
 assert header[:len(old)] == old, header
-assert header[len(old):] == ["foreground_patches_per_image", "foreground_kept_all", "foreground_kept_any",
+assert header[len(old):len(old) + 7] == ["foreground_patches_per_image", "foreground_kept_all", "foreground_kept_any",
                              "foreground_kept_all_per_layer", "foreground_kept_any_per_layer", "priority", "overflow"], header
+# Issue 22's importance columns follow, empty without --importance.
+assert header[len(old) + 7] == "importance_kept", header
+assert all(v == "" for h, v in zip(header, row) if h.startswith(("importance_", "spearman_"))), row
 r = dict(zip(header, row))
 assert len(row) == len(header) and 0 <= float(r["foreground_kept_all"]) <= float(r["foreground_kept_any"]) <= 1, r
 assert (r["priority"], r["overflow"]) == ("max_gate", "drop"), r
