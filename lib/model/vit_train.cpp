@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <cstring>
 
 #include "core/error.hpp"
@@ -101,7 +102,12 @@ TrainGraph::TrainGraph(const ModelConfig& c, int batch)
 void TrainGraph::block_forward(int l, const BlockParams& p, float* x_out, std::mt19937_64* noise) {
   BlockActs& a = acts_[l];
   const int64_t N = N_, D = D_;
-  norm_.forward(a.h0.data(), a.mean0.data(), a.var0.data(), a.x_in.data(), p.ln0_scale.data(), p.ln0_bias.data());
+  StageTimes* t = fwd_times_;
+  {
+    ScopedStage stage(t, &StageTimes::norms);
+    norm_.forward(a.h0.data(), a.mean0.data(), a.var0.data(), a.x_in.data(), p.ln0_scale.data(), p.ln0_bias.data());
+  }
+  std::optional<ScopedStage> attention(std::in_place, t, &StageTimes::attention);
   pack_qkv(qkv_kernel_.data(), qkv_bias_.data(), p, D);
   linear(a.qkv.data(), a.h0.data(), qkv_kernel_.data(), qkv_bias_.data(), N, D, 3 * D, cache_);
   nn::attention_forward(a.attn.data(), a.probs.data(), a.qkv.data(), B_, T_, H_, Dh_, cache_, /*keep_probs=*/true);
@@ -109,12 +115,18 @@ void TrainGraph::block_forward(int l, const BlockParams& p, float* x_out, std::m
   GemmSpec out;
   out.m = N, out.k = D, out.n = D, out.bias = true, out.beta = 1.0f;
   cache_.gemm(out).run(a.x_mid.data(), a.attn.data(), p.out_kernel.data(), p.out_bias.data());
-  norm_.forward(a.h1.data(), a.mean1.data(), a.var1.data(), a.x_mid.data(), p.ln1_scale.data(), p.ln1_bias.data());
+  attention.reset();
+  {
+    ScopedStage stage(t, &StageTimes::norms);
+    norm_.forward(a.h1.data(), a.mean1.data(), a.var1.data(), a.x_mid.data(), p.ln1_scale.data(), p.ln1_bias.data());
+  }
   std::memcpy(x_out, a.x_mid.data(), sizeof(float) * N * D);
   if (a.moe) {
+    ScopedStage stage(t, &StageTimes::experts);
     a.moe->forward(x_out, a.h1.data(), p, noise, cache_);
     return;
   }
+  ScopedStage stage(t, &StageTimes::dense_mlp);
   linear(a.u.data(), a.h1.data(), p.mlp0_kernel.data(), p.mlp0_bias.data(), N, D, M_, cache_);
   nn::gelu_forward(a.a.data(), a.u.data(), a.u.data(), N * M_);
   GemmSpec down;
@@ -127,6 +139,7 @@ StepResult TrainGraph::forward(const VitParams& params, const float* images, con
   const ModelConfig& c = c_;
   const int64_t D = D_, T = T_, NP = NP_, off = T - NP;
   const int ph = c.patch_h, pw = c.patch_w, C = c.image.channels, W = c.image.width, gh = c.grid_h(), gw = c.grid_w();
+  std::optional<ScopedStage> embedding(std::in_place, fwd_times_, &StageTimes::embedding);
   for (int64_t b = 0; b < B_; ++b)
     for (int gy = 0; gy < gh; ++gy)
       for (int gx = 0; gx < gw; ++gx) {
@@ -145,6 +158,7 @@ StepResult TrainGraph::forward(const VitParams& params, const float* images, con
     for (int64_t p = 0; p < NP; ++p)
       for (int64_t d = 0; d < D; ++d) x0[(b * T + off + p) * D + d] = embedded_[(b * NP + p) * D + d] + pos[(off + p) * D + d];
   }
+  embedding.reset();
   StepResult r;
   for (int l = 0; l < c.num_layers; ++l) {
     float* x_out = l + 1 < c.num_layers ? acts_[l + 1].x_in.data() : x_final_.data();
@@ -158,6 +172,7 @@ StepResult TrainGraph::forward(const VitParams& params, const float* images, con
       r.expert_choices.push_back(acts_[l].moe->expert_choices());
     }
   }
+  ScopedStage head(fwd_times_, &StageTimes::head);
   norm_.forward(hf_.data(), meanf_.data(), varf_.data(), x_final_.data(), params.encoder_norm_scale.data(),
                 params.encoder_norm_bias.data());
   for (int64_t b = 0; b < B_; ++b)
@@ -204,11 +219,14 @@ StepResult TrainGraph::forward(const VitParams& params, const float* images, con
 void TrainGraph::block_backward(int l, const BlockParams& p, BlockParams& g, float* dx, const LossOptions& options) {
   BlockActs& a = acts_[l];
   const int64_t N = N_, D = D_, M = M_, T = T_, H = H_, Dh = Dh_;
+  StageTimes* t = bwd_times_;
   // x_out = x_mid + MLP(h1), h1 = LN_1(x_mid)
   if (a.moe) {
+    ScopedStage stage(t, &StageTimes::experts);
     a.moe->set_scorer_penalty(options.priority_penalty);
     a.moe->backward(dh_.data(), dx, a.h1.data(), p, g, options.importance_weight, options.load_weight, cache_);
   } else {
+    ScopedStage stage(t, &StageTimes::dense_mlp);
     input_grad(da_.data(), dx, p.mlp1_kernel.data(), N, M, D, 0.0f, cache_);
     accumulate_weight_grad(g.mlp1_kernel.data(), a.a.data(), dx, N, M, D, cache_);
     accumulate_bias_grad(g.mlp1_bias.data(), dx, N, D, ones_.data(), ones_.numel(), cache_);
@@ -217,9 +235,13 @@ void TrainGraph::block_backward(int l, const BlockParams& p, BlockParams& g, flo
     accumulate_bias_grad(g.mlp0_bias.data(), du_.data(), N, M, ones_.data(), ones_.numel(), cache_);
     input_grad(dh_.data(), du_.data(), p.mlp0_kernel.data(), N, D, M, 0.0f, cache_);
   }
-  norm_.backward(dtmp_.data(), g.ln1_scale.data(), g.ln1_bias.data(), dh_.data(), a.x_mid.data(), a.mean1.data(),
-                 a.var1.data(), p.ln1_scale.data(), p.ln1_bias.data());
-  for (int64_t i = 0; i < N * D; ++i) dx[i] += dtmp_[i];
+  {
+    ScopedStage stage(t, &StageTimes::norms);
+    norm_.backward(dtmp_.data(), g.ln1_scale.data(), g.ln1_bias.data(), dh_.data(), a.x_mid.data(), a.mean1.data(),
+                   a.var1.data(), p.ln1_scale.data(), p.ln1_bias.data());
+    for (int64_t i = 0; i < N * D; ++i) dx[i] += dtmp_[i];
+  }
+  std::optional<ScopedStage> attention(std::in_place, t, &StageTimes::attention);
   // x_mid = x_in + attn @ out_kernel + out_bias
   accumulate_weight_grad(g.out_kernel.data(), a.attn.data(), dx, N, D, D, cache_);
   accumulate_bias_grad(g.out_bias.data(), dx, N, D, ones_.data(), ones_.numel(), cache_);
@@ -259,6 +281,8 @@ void TrainGraph::block_backward(int l, const BlockParams& p, BlockParams& g, flo
   accumulate_bias_grad(dqkv_bias_.data(), dqkv_.data(), N, 3 * D, ones_.data(), ones_.numel(), cache_);
   unpack_qkv_grads(g, dqkv_kernel_.data(), dqkv_bias_.data(), D);
   input_grad(dh_.data(), dqkv_.data(), qkv_kernel_.data(), N, D, 3 * D, 0.0f, cache_);
+  attention.reset();
+  ScopedStage stage(t, &StageTimes::norms);
   norm_.backward(dtmp_.data(), g.ln0_scale.data(), g.ln0_bias.data(), dh_.data(), a.x_in.data(), a.mean0.data(),
                  a.var0.data(), p.ln0_scale.data(), p.ln0_bias.data());
   for (int64_t i = 0; i < N * D; ++i) dx[i] += dtmp_[i];
@@ -267,7 +291,9 @@ void TrainGraph::block_backward(int l, const BlockParams& p, BlockParams& g, flo
 void TrainGraph::backward(const VitParams& params, VitParams& grads, const LossOptions& options) {
   const ModelConfig& c = c_;
   const int64_t D = D_, T = T_, NP = NP_, off = T - NP, classes = c.num_classes;
-  zero(grads, c);
+  {
+    ScopedStage stage(bwd_times_, &StageTimes::head);  // the gradients' zeroing counted here
+    zero(grads, c);
   const double eps = options.label_smoothing;
   for (int64_t b = 0; b < B_; ++b)
     for (int64_t k = 0; k < classes; ++k) {
@@ -298,8 +324,10 @@ void TrainGraph::backward(const VitParams& params, VitParams& grads, const LossO
   norm_.backward(dx_.data(), grads.encoder_norm_scale.data(), grads.encoder_norm_bias.data(), dh_.data(),
                  x_final_.data(), meanf_.data(), varf_.data(), params.encoder_norm_scale.data(),
                  params.encoder_norm_bias.data());
+  }
   for (int l = c.num_layers - 1; l >= 0; --l) block_backward(l, params.blocks[l], grads.blocks[l], dx_.data(), options);
   // x0 = [cls | patches @ kernel + bias] + pos
+  ScopedStage stage(bwd_times_, &StageTimes::embedding);
   for (int64_t b = 0; b < B_; ++b)
     for (int64_t t = 0; t < T; ++t)
       for (int64_t d = 0; d < D; ++d) grads.pos_embedding[t * D + d] += dx_[(b * T + t) * D + d];

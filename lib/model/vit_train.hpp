@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "core/stage_times.hpp"
 #include "moe/moe_train_layer.hpp"
 #include "nn/primitive_cache.hpp"
 #include "nn/train_ops.hpp"
@@ -52,6 +53,10 @@ class TrainGraph {
   // Forward only, returning the same loss as step() (cross-entropy + weighted aux).
   double loss(const VitParams& params, const float* images, const int* labels, std::mt19937_64* noise,
               const LossOptions& options);
+  // Stage times of the following steps (either may be null): forward and backward, each
+  // by op kind (StageTimes fields: embedding, norms, attention, dense_mlp; the whole MoE
+  // layer (router, dispatch/combine, experts) in `experts`; pooling, head and loss in `head`).
+  void set_times(StageTimes* forward, StageTimes* backward) { fwd_times_ = forward, bwd_times_ = backward; }
 
  private:
   struct BlockActs {
@@ -77,6 +82,8 @@ class TrainGraph {
   Tensor patches_, embedded_;  // (B*NP, ph*pw*C), (B*NP, D)
   Tensor x_final_, meanf_, varf_, hf_, pooled_act_, pre_z_, features_, logits_, probs_;
   const int* labels_ = nullptr;
+  StageTimes* fwd_times_ = nullptr;
+  StageTimes* bwd_times_ = nullptr;
   // backward scratch
   Tensor dx_, dtmp_, dh_, dqkv_, dattn_, dprobs_, du_, da_, dpooled_, dfeatures_, dpre_z_, dlogits_, ones_;
 };

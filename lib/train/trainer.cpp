@@ -161,16 +161,6 @@ void engine_from_text(std::mt19937_64& rng, const std::string& text, const char*
   rng = read;
 }
 
-// dst = src shifted by (dx, dy) (pixels uncovered take `fill`), optionally mirrored.
-void augment_image(float* dst, const float* src, int H, int W, int C, int dx, int dy, bool flip, float fill) {
-  for (int y = 0; y < H; ++y)
-    for (int x = 0; x < W; ++x) {
-      const int sy = y + dy, sx0 = x + dx, sx = flip ? W - 1 - sx0 : sx0;
-      float* out = dst + (static_cast<int64_t>(y) * W + x) * C;
-      if (sy < 0 || sy >= H || sx0 < 0 || sx0 >= W) std::fill(out, out + C, fill);
-      else std::memcpy(out, src + (static_cast<int64_t>(sy) * W + sx) * C, sizeof(float) * C);
-    }
-}
 
 // Weights, gradients and the two AdamW moments are four float32 copies of the model:
 // refuse, with one line, a model whose copies alone do not fit in the machine's memory.
@@ -397,6 +387,17 @@ std::vector<EpochReport> run(Model& model, AdamW& optimizer, const TrainSettings
 }
 
 }  // namespace
+
+// dst = src shifted by (dx, dy) (pixels uncovered take `fill`), optionally mirrored.
+void augment_image(float* dst, const float* src, int H, int W, int C, int dx, int dy, bool flip, float fill) {
+  for (int y = 0; y < H; ++y)
+    for (int x = 0; x < W; ++x) {
+      const int sy = y + dy, sx0 = x + dx, sx = flip ? W - 1 - sx0 : sx0;
+      float* out = dst + (static_cast<int64_t>(y) * W + x) * C;
+      if (sy < 0 || sy >= H || sx0 < 0 || sx0 >= W) std::fill(out, out + C, fill);
+      else std::memcpy(out, src + (static_cast<int64_t>(sy) * W + sx) * C, sizeof(float) * C);
+    }
+}
 
 std::vector<EpochReport> train_model(const Model& initial, const TrainSettings& settings, const std::string& output,
                                      const TrainCallbacks& callbacks) {

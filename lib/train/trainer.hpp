@@ -124,4 +124,8 @@ struct TrainingState {
 };
 TrainingState read_training_state(const std::string& path);
 
+// dst (H, W, C) = src shifted by (dx, dy) (pixels uncovered take `fill`), optionally
+// mirrored: the training augmentation of one image.
+void augment_image(float* dst, const float* src, int H, int W, int C, int dx, int dy, bool flip, float fill);
+
 }  // namespace vmoe::train
