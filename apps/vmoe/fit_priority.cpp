@@ -21,6 +21,7 @@ struct FitArgs {
   std::string model, output, data = "fashion-mnist:train", data_dir;
   FitPriorityOptions options;
   int threads = 0;
+  std::string target = "nats";
 };
 }  // namespace
 
@@ -37,6 +38,9 @@ Run add_fit_priority(CLI::App& root) {
   app->add_option("--seed", a->options.seed, "which images (default 1)");
   app->add_option("--ridge", a->options.ridge, "L2 penalty on the head, relative to the inputs' mean square (default 1e-3)")
       ->check(CLI::Range(0.0, 1e6));
+  app->add_option("--target", a->target, "what the head predicts: nats (importance), share (of the image's "
+                  "positive importance) or rank (within the image) (default nats)")
+      ->check(CLI::IsMember({"nats", "share", "rank"}));
   app->add_option("--threads", a->threads, "OpenMP threads (default: all cores)")->check(CLI::Range(1, 1024));
   return [a] {
     if (a->threads > 0) omp_set_num_threads(a->threads);
@@ -47,6 +51,8 @@ Run add_fit_priority(CLI::App& root) {
     const Dataset data = load_dataset(a->data, a->data_dir);
     Engine engine(model);
     FitPriorityOptions o = a->options;
+    using Target = FitPriorityOptions::Target;
+    o.target = a->target == "share" ? Target::share : a->target == "rank" ? Target::rank : Target::nats;
     if (isatty(STDERR_FILENO))
       o.progress = [](int64_t done, int64_t total) {
         fmt::print(stderr, "\rfitting: importance of {}/{} images", done, total);

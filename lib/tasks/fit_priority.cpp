@@ -56,6 +56,24 @@ struct NormalEquations {
     ++rows;
   }
 };
+// out (T) = what the head is fitted to for one image's importance v (T) at one block.
+void fit_target(float* out, std::vector<int>& order, const float* v, int T, FitPriorityOptions::Target target) {
+  using Target = FitPriorityOptions::Target;
+  if (target == Target::nats) {
+    std::copy(v, v + T, out);
+    return;
+  }
+  if (target == Target::share) {
+    double positive = 0;
+    for (int t = 0; t < T; ++t) positive += std::max(0.0f, v[t]);
+    for (int t = 0; t < T; ++t) out[t] = positive > 0 ? static_cast<float>(v[t] / positive) : 0.0f;
+    return;
+  }
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return v[a] < v[b]; });
+  for (int r = 0; r < T; ++r) out[order[r]] = T > 1 ? static_cast<float>(r) / static_cast<float>(T - 1) : 0.0f;
+}
+
 }  // namespace
 
 FitPriorityResult fit_priority(Engine& engine, const Dataset& data, const FitPriorityOptions& o) {
@@ -87,10 +105,14 @@ FitPriorityResult fit_priority(Engine& engine, const Dataset& data, const FitPri
       r.blocks = imp.blocks;
       eq.assign(imp.blocks.size(), NormalEquations(D));
     }
+    std::vector<float> target(T);
+    std::vector<int> order(T);
     for (size_t j = 0; j < imp.blocks.size(); ++j)
-      for (int b = 0; b < B; ++b)
-        for (int t = 0; t < T; ++t)
-          eq[j].add(imp.inputs[j].data() + (static_cast<size_t>(b) * T + t) * D, imp.of(b, static_cast<int>(j))[t]);
+      for (int b = 0; b < B; ++b) {
+        const float* v = imp.of(b, static_cast<int>(j));
+        fit_target(target.data(), order, v, T, o.target);
+        for (int t = 0; t < T; ++t) eq[j].add(imp.inputs[j].data() + (static_cast<size_t>(b) * T + t) * D, target[t]);
+      }
     if (o.progress) o.progress(first + B, count);
   }
   r.images = count, r.tokens = count * T;

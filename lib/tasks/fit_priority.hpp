@@ -19,6 +19,10 @@ struct FitPriorityOptions {
   uint64_t seed = 1;  // which images
   double ridge = 1e-3;  // L2 penalty on the kernel, relative to the mean of diag(X'X)
   int batch = 32;  // images per importance pass
+  // What the head is fitted to, per token of an image at a block: nats (the importance),
+  // share (importance / the image's total positive importance there: every image weighs
+  // the same) or rank (the token's importance rank in the image, scaled to [0, 1]).
+  enum class Target { nats, share, rank } target = Target::nats;
   std::function<void(int64_t, int64_t)> progress;  // (images done, images)
 };
 

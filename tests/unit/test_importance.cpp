@@ -249,6 +249,7 @@ TEST_CASE("fit-priority: the head learns which token matters and leaves the func
   for (int i = 0; i < 24; ++i) add_image(where(rng));
   FitPriorityOptions o;
   o.images = 24, o.batch = 8;
+  o.target = GENERATE(FitPriorityOptions::Target::nats, FitPriorityOptions::Target::share);
   const FitPriorityResult r = fit_priority(engine, data, o);
   REQUIRE(r.model.config.moe->priority == Priority::fitted);
   REQUIRE(r.r2.size() == 1);
