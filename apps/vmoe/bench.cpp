@@ -32,7 +32,8 @@ std::vector<TrainStage> stage_list(const StageTimes& s) {
   return {{"embedding", "embedding", s.embedding},
           {"attention", "attention", s.attention},
           {"norms", "layer norms", s.norms},
-          {"moe", "MoE (router, dispatch, experts)", s.experts},
+          {"router_dispatch", "MoE router, dispatch/combine", s.router},
+          {"experts", "MoE experts", s.experts},
           {"dense_mlp", "dense MLPs", s.dense_mlp},
           {"head_loss", "pool, head, loss", s.head}};
 }

@@ -99,6 +99,20 @@ TrainGraph::TrainGraph(const ModelConfig& c, int batch)
 }
 
 // x_in = x_out of the previous block; see Engine::block for the same maths.
+// Runs an MoE layer's forward or backward, its experts' time (routed and shared) into
+// times->experts and the rest of the layer (router, dispatch, combine, aux losses) into
+// times->router.
+template <class Run>
+static void moe_timed(TrainGraph::BlockActs& a, StageTimes* times, Run run) {
+  a.moe->times = times;
+  const double experts_before = times ? times->experts : 0.0;
+  {
+    ScopedStage stage(times, &StageTimes::router);
+    run();
+  }
+  if (times) times->router -= times->experts - experts_before;
+}
+
 void TrainGraph::block_forward(int l, const BlockParams& p, float* x_out, std::mt19937_64* noise) {
   BlockActs& a = acts_[l];
   const int64_t N = N_, D = D_;
@@ -122,8 +136,7 @@ void TrainGraph::block_forward(int l, const BlockParams& p, float* x_out, std::m
   }
   std::memcpy(x_out, a.x_mid.data(), sizeof(float) * N * D);
   if (a.moe) {
-    ScopedStage stage(t, &StageTimes::experts);
-    a.moe->forward(x_out, a.h1.data(), p, noise, cache_);
+    moe_timed(a, t, [&] { a.moe->forward(x_out, a.h1.data(), p, noise, cache_); });
     return;
   }
   ScopedStage stage(t, &StageTimes::dense_mlp);
@@ -222,9 +235,10 @@ void TrainGraph::block_backward(int l, const BlockParams& p, BlockParams& g, flo
   StageTimes* t = bwd_times_;
   // x_out = x_mid + MLP(h1), h1 = LN_1(x_mid)
   if (a.moe) {
-    ScopedStage stage(t, &StageTimes::experts);
     a.moe->set_scorer_penalty(options.priority_penalty);
-    a.moe->backward(dh_.data(), dx, a.h1.data(), p, g, options.importance_weight, options.load_weight, cache_);
+    moe_timed(a, t, [&] {
+      a.moe->backward(dh_.data(), dx, a.h1.data(), p, g, options.importance_weight, options.load_weight, cache_);
+    });
   } else {
     ScopedStage stage(t, &StageTimes::dense_mlp);
     input_grad(da_.data(), dx, p.mlp1_kernel.data(), N, M, D, 0.0f, cache_);

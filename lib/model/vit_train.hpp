@@ -54,16 +54,19 @@ class TrainGraph {
   double loss(const VitParams& params, const float* images, const int* labels, std::mt19937_64* noise,
               const LossOptions& options);
   // Stage times of the following steps (either may be null): forward and backward, each
-  // by op kind (StageTimes fields: embedding, norms, attention, dense_mlp; the whole MoE
-  // layer (router, dispatch/combine, experts) in `experts`; pooling, head and loss in `head`).
+  // by op kind (StageTimes fields: embedding, norms, attention, dense_mlp; the MoE layers'
+  // routed and shared experts in `experts`, the rest of them (router, dispatch/combine,
+  // auxiliary losses) in `router`; pooling, head and loss in `head`).
   void set_times(StageTimes* forward, StageTimes* backward) { fwd_times_ = forward, bwd_times_ = backward; }
 
- private:
+ public:  // for the timing helper in vit_train.cpp
   struct BlockActs {
     // u: pre-GELU (N, M), overwritten by GELU's slope in the forward (all the backward needs)
     Tensor x_in, mean0, var0, h0, qkv, probs, attn, x_mid, mean1, var1, h1, u, a;
     std::unique_ptr<MoeTrainLayer> moe;
   };
+
+ private:
   StepResult forward(const VitParams& params, const float* images, const int* labels, std::mt19937_64* noise,
                      const LossOptions& options);
   void backward(const VitParams& params, VitParams& grads, const LossOptions& options);

@@ -37,6 +37,7 @@ MoeTrainLayer::MoeTrainLayer(const ModelConfig& c, int B)
 }
 
 void MoeTrainLayer::experts_forward(const BlockParams& p, nn::PrimitiveCache& cache) {
+  ScopedStage stage(times, &StageTimes::experts);
   const int64_t D = shape.hidden, M = shape.mlp;
   for (int e = 0; e < moe.num_experts; ++e) {
     const int64_t rows = routing.rows_of_expert[e], first = routing.first_row[e];
@@ -52,6 +53,7 @@ void MoeTrainLayer::experts_forward(const BlockParams& p, nn::PrimitiveCache& ca
 }
 
 void MoeTrainLayer::experts_backward(const BlockParams& p, BlockParams& g, nn::PrimitiveCache& cache) {
+  ScopedStage stage(times, &StageTimes::experts);
   const int64_t D = shape.hidden, M = shape.mlp, count = ones.numel();
   for (int e = 0; e < moe.num_experts; ++e) {
     const int64_t rows = routing.rows_of_expert[e], first = routing.first_row[e];
@@ -74,6 +76,7 @@ void MoeTrainLayer::experts_backward(const BlockParams& p, BlockParams& g, nn::P
 
 // u_s = h @ W0[s] + b0[s]; a_s = GELU(u_s); x += a_s @ W1[s] + b1[s], for every token.
 void MoeTrainLayer::shared_forward(float* x, const float* h, const BlockParams& p, nn::PrimitiveCache& cache) {
+  ScopedStage stage(times, &StageTimes::experts);
   const int64_t N = shape.tokens, D = shape.hidden, M = shape.mlp;
   nn::GemmSpec down;  // accumulates into x
   down.m = N, down.k = M, down.n = D, down.bias = true, down.beta = 1.0f;
@@ -88,6 +91,7 @@ void MoeTrainLayer::shared_forward(float* x, const float* h, const BlockParams& 
 
 void MoeTrainLayer::shared_backward(float* dh, const float* dy, const float* h, const BlockParams& p, BlockParams& g,
                                     nn::PrimitiveCache& cache) {
+  ScopedStage stage(times, &StageTimes::experts);
   const int64_t N = shape.tokens, D = shape.hidden, M = shape.mlp, count = ones.numel();
   float* d = d_shared_.data();
   for (int64_t s = 0; s < moe.num_shared_experts; ++s) {

@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "core/stage_times.hpp"
 #include "moe/moe_layer.hpp"
 #include "nn/primitive_cache.hpp"
 #include "spec/params.hpp"
@@ -70,6 +71,7 @@ class MoeTrainLayer {
   Tensor expert_u, expert_a, d_expert_a, d_expert_u;
   Tensor ones;  // (max(N, max_rows)) for bias gradients
   std::unique_ptr<RouterTrainState> router_state;  // the router's own (its train_state)
+  StageTimes* times = nullptr;  // when set, the routed and shared experts' time adds to times->experts
 
  private:
   // Shared experts: x += sum_s shared_s(h) for every token.

@@ -19,12 +19,12 @@ assert j["images_per_s"] > 0 and j["gflops_per_s"] > 0 and j["gflops_per_image"]
 s = j["stage_ms_per_step"]
 for part in ("forward", "backward"):
     st = s[part]
-    assert set(st) == {"embedding", "attention", "norms", "moe", "dense_mlp", "head_loss"}, st
+    assert set(st) == {"embedding", "attention", "norms", "router_dispatch", "experts", "dense_mlp", "head_loss"}, st
     assert st["attention"] > 0 and st["norms"] > 0, st
     if sys.argv[2].startswith("vmoe"):  # every block is MoE
-        assert st["moe"] > 0 and st["dense_mlp"] == 0, st
+        assert st["experts"] > 0 and st["router_dispatch"] > 0 and st["dense_mlp"] == 0, st
     else:
-        assert st["moe"] == 0 and st["dense_mlp"] > 0, st
+        assert st["experts"] == st["router_dispatch"] == 0 and st["dense_mlp"] > 0, st
 assert s["optimizer"] > 0 and s["data"] > 0, s
 PY
   else
@@ -32,7 +32,7 @@ PY
   fi
 done
 "$VMOE" bench --train --batch 2 --seconds 0 --no-ceiling > text.txt || fail "bench --train text"
-grep -q "^throughput .*images/s" text.txt && grep -q "backward MoE" text.txt && grep -q "optimizer (clip + AdamW)" text.txt ||
+grep -q "^throughput .*images/s" text.txt && grep -q "backward MoE experts" text.txt && grep -q "optimizer (clip + AdamW)" text.txt ||
   fail "bench --train text lines: $(cat text.txt)"
 expect 2 "bench --train --batch 0" -- "$VMOE" bench --train --batch 0
 
