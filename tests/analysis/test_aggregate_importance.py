@@ -20,6 +20,10 @@ def main():
             for s, kept in enumerate([0.60, 0.62, 0.64, 0.66]):
                 f.write(f"max_gate,0.25,{s},0.9,{kept},0.0,0.98\n")
             f.write("oracle,0.25,0,0.93,0.98,0.01,0.98\n")  # one shard: no interval
+            # vanilla: paired with max_gate shard by shard, kept 0.50, 0.53, 0.54, 0.59 ->
+            # differences -10, -9, -10, -7: mean -9, std 1.414, CI -9 +- 3.182 * 1.414 / 2 = +-2.250
+            for s, kept in enumerate([0.50, 0.53, 0.54, 0.59]):
+                f.write(f"vanilla,0.25,{s},0.9,{kept},0.0,0.98\n")
         out = subprocess.run([sys.executable, SCRIPT, evals, "--out", tmp], check=True, capture_output=True, text=True)
         assert "max_gate" in out.stdout, out.stdout
         rows = {r["order"]: r for r in csv.DictReader(open(os.path.join(tmp, "summary.csv")))}
@@ -29,6 +33,10 @@ def main():
         assert abs(float(m["importance_kept_ci_high"]) - (63 + 4.108)) < 0.01, m
         assert m["top1_ci_low"] == m["top1_ci_high"] == "90.00", m  # no spread
         assert rows["oracle"]["importance_kept_ci_low"] == "nan", rows["oracle"]
+        v = rows["vanilla"]
+        assert v["importance_kept_vs_max_gate_mean"] == "-9.00", v
+        assert abs(float(v["importance_kept_vs_max_gate_ci_low"]) - (-9 - 2.250)) < 0.01, v
+        assert m["importance_kept_vs_max_gate_mean"] == "", m  # not compared with itself
     print("ok")
 
 
