@@ -252,6 +252,15 @@ TEST_CASE("images: decoder messages become one-line errors, sizes are limited (i
   const std::string big_path = dir.file("big.png");
   write_text(big_path, big);
   CHECK(contains(error_of([&] { load_image(out.data(), big_path, ImageConfig{}); }), "more than the limit"));
+  // fuzz_image (issue 24): "DICM" at byte 128 sent the bytes to GDCM, which assert()ed
+  // and aborted the process on this 133-byte file.
+  std::string dicom(128, '\0');
+  dicom.replace(0, 15, "NITFOC=(A)<^IT\x06", 15);
+  dicom += "DICMO";
+  const std::string dicom_path = dir.file("x.dcm");
+  write_text(dicom_path, dicom);
+  const std::string dicom_error = error_of([&] { load_image(out.data(), dicom_path, ImageConfig{}); });
+  CHECK_THAT(dicom_error, Catch::Contains("a DICOM file"));
   const std::string empty = dir.file("empty.png");
   write_text(empty, "");
   CHECK(contains(error_of([&] { load_image(out.data(), empty, ImageConfig{}); }), "empty"));
