@@ -3,7 +3,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <cstdint>
 #include <memory>
 #include <chrono>
 #include <cstring>
@@ -150,14 +152,47 @@ std::string engine_text(const Engine& rng) {
   return out.str();
 }
 
-// The generator state a checkpoint wrote (engine_text), or a one-line error.
+// The generator state a checkpoint wrote (engine_text), or a one-line error. libstdc++
+// writes a std::mt19937_64 as its 312 state words and then its position in them (0..312),
+// and its operator>> checks neither the sign (it reads "-1" as 2^64 - 1) nor the position
+// nor whether the state can still generate: an all-zero state parses and draws only
+// zeros, so a uniform_int_distribution or normal_distribution on it rejects forever and a
+// resumed run hung at its first step. So the text is checked here: exactly 313 unsigned
+// decimal numbers, the last at most 312, and not the zero state. A zero state gives zeros
+// from its first regeneration on, so draws 313..624 are all zero; and only a zero state
+// does, since 312 consecutive zero words are the zero state and the recurrence is a
+// bijection that never reaches it from another.
 void engine_from_text(std::mt19937_64& rng, const std::string& text, const char* what) {
+  constexpr size_t words = std::mt19937_64::state_size;
+  size_t count = 0, i = 0;
+  uint64_t last = 0;
+  while (true) {
+    while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
+    if (i == text.size()) break;
+    uint64_t v = 0;
+    for (; i < text.size() && !std::isspace(static_cast<unsigned char>(text[i])); ++i) {
+      const char c = text[i];
+      if (c < '0' || c > '9')
+        fail("bad \"{}\" (not a generator state: \"{}\" where a number 0..2^64-1 belongs)", what, std::string(1, c));
+      const auto d = static_cast<uint64_t>(c - '0');
+      if (v > (UINT64_MAX - d) / 10) fail("bad \"{}\" (not a generator state: a number above 2^64-1)", what);
+      v = v * 10 + d;
+    }
+    if (++count > words + 1) break;
+    last = v;
+  }
+  if (count > words + 1) fail("bad \"{}\" (not a generator state: more than {} numbers)", what, words + 1);
+  if (count < words + 1) fail("bad \"{}\" (not a generator state: {} numbers, expected {})", what, count, words + 1);
+  if (last > words) fail("bad \"{}\" (not a generator state: position {} is past its {} words)", what, last, words);
   std::istringstream in(text);
   std::mt19937_64 read;
-  in >> read;
+  in >> read;  // what the checks above let through, it reads whole
   if (in.fail()) fail("bad \"{}\" (not a generator state)", what);
-  in >> std::ws;
-  if (!in.eof()) fail("bad \"{}\" (text after the generator state)", what);
+  std::mt19937_64 probe = read;
+  probe.discard(words);
+  bool degenerate = true;
+  for (size_t k = 0; k < words; ++k) degenerate = degenerate && probe() == 0;
+  if (degenerate) fail("bad \"{}\" (not a generator state: all zero, it would draw only zeros)", what);
   rng = read;
 }
 
@@ -481,6 +516,17 @@ TrainingState read_training_state(const std::string& path) {
   if ((state.step == 0) != (state.epochs_done == 0 && state.in_epoch.steps == 0))
     fail("{}: bad vmoe.train metadata: {} epochs done but step {} ({} steps into the next epoch)", path,
          state.epochs_done, state.step, state.in_epoch.steps);
+  // A position some data reaches: step = epochs_done x S + epoch_step for S steps per
+  // epoch, S > epoch_step. Which S, the data decides when the run starts (run() refuses a
+  // state this data does not reach); a state no S fits is refused here, before any data
+  // is loaded.
+  {
+    const int64_t e = state.epochs_done, k = state.in_epoch.steps, s = state.step;
+    if (e == 0 ? s != k : (s - k <= 0 || (s - k) % e != 0 || (s - k) / e <= k))
+      fail("{}: bad vmoe.train metadata: step {} with {} epochs done and {} steps into the next is a position no data "
+           "reaches (the step must be epochs done x steps per epoch + steps into the epoch, fewer than an epoch's)",
+           path, s, e, k);
+  }
   // Every tensor present with the right dtype and shape before anything is allocated:
   // a config claiming a huge model then costs nothing, since the file must hold the data.
   for (const char* prefix : {"", "adam_m/", "adam_v/"}) {

@@ -169,6 +169,71 @@ printf 'not a training state' >junk.train
 expect 1 "resume file that is not a training state" -- "$vmoe" train --resume junk.train -o x.safetensors
 [ -e x.safetensors ] && fail "a refused run wrote a model"
 
+# --- resume states at a position the data cannot reach, or with corrupt generators -----
+# Variants of the committed mid-epoch seed (a real state saved by SIGINT after step 3 of
+# 5: fashion-mnist:train, --limit 160, --batch 32). Each is resumed as M.train with -o M
+# next to a model M: one line, exit 1, M and M.train byte for byte as they were, no
+# temporary or lock file. `timeout -k`: an all-zero generator state used to parse and
+# then hang the run at its first step (uniform_int_distribution rejecting zeros forever),
+# and SIGTERM alone does not end a step that never finishes (train stops between steps).
+mid="$source_dir/tests/fuzz/corpus/train_state/mid-epoch.train"
+state_variant() {  # state_variant OUT PYTHON-EDIT: mid-epoch.train with its vmoe.train run edited as `r`
+  python3 - "$mid" "$1" "$2" <<'PY'
+import json, struct, sys
+src, out, edit = sys.argv[1:]
+with open(src, 'rb') as f:
+    n = struct.unpack('<Q', f.read(8))[0]
+    header = json.loads(f.read(n))
+    data = f.read()
+r = json.loads(header['__metadata__']['vmoe.train'])
+exec(edit)
+header['__metadata__']['vmoe.train'] = json.dumps(r)
+text = json.dumps(header).encode()
+text += b' ' * (-len(text) % 8)
+with open(out, 'wb') as f:
+    f.write(struct.pack('<Q', len(text)) + text + data)
+PY
+}
+refused_resume() {  # refused_resume DESCRIPTION TEXT PYTHON-EDIT
+  rm -rf resume && mkdir resume
+  state_variant resume/r.safetensors.train "$3" || { fail "$1: could not write the variant"; return; }
+  cp moe.safetensors resume/r.safetensors
+  cp resume/r.safetensors.train resume/state.before && cp resume/r.safetensors resume/model.before
+  expect 1 "$1" -- timeout -k 10 120 "$vmoe" train --resume resume/r.safetensors.train -o resume/r.safetensors
+  mentions "$1" "$2"
+  cmp -s resume/r.safetensors resume/model.before || fail "$1: the refused resume overwrote the model"
+  cmp -s resume/r.safetensors.train resume/state.before || fail "$1: the refused resume overwrote the state"
+  [ "$(ls resume | sort | tr '\n' ' ')" = "model.before r.safetensors r.safetensors.train state.before " ] ||
+    fail "$1: files left behind: $(ls resume)"
+}
+if [ -e "$mid" ]; then
+  state_variant good.train "pass"
+  expect 0 "the unedited mid-epoch state resumes" -- timeout -k 10 300 "$vmoe" train --resume good.train -o good.safetensors
+  # (a) positions: beyond the data (160 images -> 64 = 2 steps per epoch, the state is 3
+  # steps in), beyond the epoch's steps (7 of 5), and a step no data reaches at all.
+  refused_resume "resume with a position beyond the data" "with 2 steps per epoch does not reach: the training data changed" \
+    "r['settings']['limit'] = 64"
+  refused_resume "resume at a step beyond the epoch" "which fashion-mnist:train with 5 steps per epoch does not reach" \
+    "r['epoch_step'] = 7; r['step'] = 7"
+  refused_resume "resume at a step no data reaches" "is a position no data reaches" "r['step'] = 9"
+  refused_resume "resume of a later epoch at a step no data reaches" "is a position no data reaches" \
+    "r['settings']['epochs'] = 3; r['epochs_done'] = 2; r['step'] = 8"
+  # (b) generator states: too short, garbage bytes, a negative word, a position past the
+  # 312 words, all zero, not a string.
+  refused_resume "resume with a short data generator" 'bad "data_rng" (not a generator state' "r['data_rng'] = '1 2 3'"
+  refused_resume "resume with a garbage noise generator" 'bad "noise_rng" (not a generator state' \
+    "r['noise_rng'] = '\\xff\\x01 garbage ' * 200"
+  refused_resume "resume with a negative generator word" 'bad "data_rng" (not a generator state' \
+    "w = r['data_rng'].split(); w[5] = '-1'; r['data_rng'] = ' '.join(w)"
+  refused_resume "resume with a generator position past its words" 'position 999 is past its 312 words' \
+    "w = r['data_rng'].split(); w[-1] = '999'; r['data_rng'] = ' '.join(w)"
+  refused_resume "resume with an all-zero generator" 'bad "noise_rng" (not a generator state: all zero' \
+    "r['noise_rng'] = ' '.join(['0'] * 312 + ['312'])"
+  refused_resume "resume with a generator that is not a string" 'data_rng' "r['data_rng'] = 12"
+else
+  fail "$mid is missing"
+fi
+
 if [ "$failures" != 0 ]; then
   echo "$failures failure(s)"
   exit 1

@@ -17,6 +17,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const auto& at = state.in_epoch;  // a position inside an epoch: a real epoch, generators that parsed
     if (at.steps < 0 || (at.steps > 0 && (state.epochs_done >= state.settings.epochs || at.data_rng.empty())))
       __builtin_trap();
+    // A position some data reaches: step = epochs_done x S + at.steps for S > at.steps.
+    const int64_t e = state.epochs_done, k = at.steps, s = state.step;
+    if (e == 0 ? s != k : (s - k <= 0 || (s - k) % e != 0 || (s - k) / e <= k)) __builtin_trap();
   } catch (const vmoe::Error&) {
   }
   return 0;

@@ -11,6 +11,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <random>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -250,6 +252,15 @@ TEST_CASE("images: decoder messages become one-line errors, sizes are limited (i
   const std::string big_path = dir.file("big.png");
   write_text(big_path, big);
   CHECK(contains(error_of([&] { load_image(out.data(), big_path, ImageConfig{}); }), "more than the limit"));
+  // fuzz_image (issue 24): "DICM" at byte 128 sent the bytes to GDCM, which assert()ed
+  // and aborted the process on this 133-byte file.
+  std::string dicom(128, '\0');
+  dicom.replace(0, 15, "NITFOC=(A)<^IT\x06", 15);
+  dicom += "DICMO";
+  const std::string dicom_path = dir.file("x.dcm");
+  write_text(dicom_path, dicom);
+  const std::string dicom_error = error_of([&] { load_image(out.data(), dicom_path, ImageConfig{}); });
+  CHECK_THAT(dicom_error, Catch::Contains("a DICOM file"));
   const std::string empty = dir.file("empty.png");
   write_text(empty, "");
   CHECK(contains(error_of([&] { load_image(out.data(), empty, ImageConfig{}); }), "empty"));
@@ -302,4 +313,96 @@ TEST_CASE("a .train state with nonsense settings is refused on resume (item 6)",
   big["hidden_size"] = 1024, big["num_heads"] = 8, big["mlp_dim"] = 65536, big["num_layers"] = 6;
   const std::string path = write_state({{"settings", settings}, {"epochs_done", 1}, {"step", 10}}, big.dump());
   CHECK(contains(error_of([&] { train::read_training_state(path); }), "has shape"));
+
+  // Issue 24 (a): a position no data reaches. step = epochs done x S + steps into the
+  // epoch, for S steps per epoch > steps into the epoch; refused before any data is
+  // loaded (whether this data's S fits is checked when the run starts).
+  std::ostringstream rng_text;
+  rng_text << std::mt19937_64(7);
+  const std::string good_rng = rng_text.str();
+  auto in_epoch = [&](json& r, int epochs_done, int64_t step, int64_t epoch_step) {
+    r["epochs_done"] = epochs_done, r["step"] = step, r["epoch_step"] = epoch_step;
+    r["data_rng"] = good_rng, r["noise_rng"] = good_rng;
+    r["partial"] = {{"loss", 0.5}, {"aux_importance", 0.0}, {"aux_load", 0.0}, {"correct", 3}, {"seconds", 1.0},
+                    {"expert_rows", json::array()}};
+  };
+  auto position_error = [&](int epochs_done, int64_t step, int64_t epoch_step) {
+    const std::string e = state_error([&](json& r) {
+      if (epoch_step > 0) in_epoch(r, epochs_done, step, epoch_step);
+      else r["epochs_done"] = epochs_done, r["step"] = step;
+    });
+    CHECK(one_line(e));
+    return e;
+  };
+  CHECK(position_error(0, 3, 3) == "");   // 3 steps into the first epoch
+  CHECK(position_error(2, 13, 3) == "");  // 2 epochs of 5 steps, 3 into the third
+  CHECK(position_error(2, 14, 0) == "");  // 2 epochs of 7 steps
+  CHECK(contains(position_error(0, 9, 3), "step 9 with 0 epochs done and 3 steps into the next is a position no data reaches"));
+  CHECK(contains(position_error(0, 2, 3), "no data reaches"));
+  CHECK(contains(position_error(2, 14, 3), "no data reaches"));  // 11 steps in 2 epochs
+  CHECK(contains(position_error(2, 9, 3), "no data reaches"));   // epochs of 3 steps, 3 into the next
+  CHECK(contains(position_error(2, 3, 3), "no data reaches"));   // epochs of 0 steps
+  CHECK(contains(position_error(2, 13, 0), "no data reaches"));  // 13 steps in 2 whole epochs
+  CHECK(contains(position_error(1, int64_t{1} << 40, (int64_t{1} << 40) - 1), "no data reaches"));
+  CHECK(contains(position_error(3, 20, 2), "a position inside epoch 4 of 3"));
+
+  // Issue 24 (b): corrupt generator states, refused with one line naming the generator.
+  // libstdc++'s operator>> takes "-1" as 2^64-1, does not check the position after the
+  // 312 words and accepts the zero state, which draws only zeros: a resumed run then hung
+  // in uniform_int_distribution (crop shifts) and normal_distribution (router noise).
+  std::vector<std::string> words;
+  {
+    std::istringstream in(good_rng);
+    for (std::string w; in >> w;) words.push_back(w);
+  }
+  REQUIRE(words.size() == 313);
+  auto join = [](const std::vector<std::string>& w) {
+    std::string out;
+    for (const std::string& x : w) out += (out.empty() ? "" : " ") + x;
+    return out;
+  };
+  auto rng_error = [&](const json& text, const char* which = "data_rng") {
+    const std::string e = state_error([&](json& r) {
+      in_epoch(r, 1, 13, 3);
+      r[which] = text;
+    });
+    CHECK(one_line(e));
+    return e;
+  };
+  CHECK(rng_error(good_rng) == "");
+  CHECK(rng_error("\n " + good_rng + " \t") == "");
+  auto edited = [&](size_t i, const std::string& w) {
+    std::vector<std::string> x = words;
+    x[i] = w;
+    return join(x);
+  };
+  CHECK(rng_error(edited(312, "0")) == "");    // position 0 of 312
+  CHECK(rng_error(edited(312, "312")) == "");  // all 312 words drawn: regenerates next
+  CHECK(rng_error(edited(4, "18446744073709551615")) == "");
+  const std::string not_state = "bad \"data_rng\" (not a generator state";
+  CHECK(contains(rng_error("1 2 3"), not_state));
+  CHECK(contains(rng_error("1 2 3"), "3 numbers, expected 313"));
+  CHECK(contains(rng_error(""), not_state));
+  CHECK(contains(rng_error(good_rng + " 5"), "more than 313 numbers"));
+  CHECK(contains(rng_error(edited(4, "-1")), "\"-\" where a number"));
+  CHECK(contains(rng_error(edited(4, "+1")), not_state));
+  CHECK(contains(rng_error(edited(4, "0x10")), not_state));
+  CHECK(contains(rng_error(edited(4, "18446744073709551616")), "above 2^64-1"));
+  CHECK(contains(rng_error(edited(312, "313")), "position 313 is past its 312 words"));
+  CHECK(contains(rng_error(edited(312, "18446744073709551615")), "past its 312 words"));
+  CHECK(contains(rng_error(std::string("\xc3\xbf\xc3\xbe\x01garbage\x7f")), not_state));  // valid UTF-8, not digits
+  CHECK(contains(rng_error(std::string(good_rng).replace(100, 1, std::string(1, '\0'))), not_state));
+  CHECK(contains(rng_error(12), "data_rng"));
+  std::vector<std::string> zero(312, "0");
+  zero.push_back("312");
+  CHECK(contains(rng_error(join(zero), "noise_rng"), "bad \"noise_rng\" (not a generator state: all zero"));
+  zero[312] = "0";
+  CHECK(contains(rng_error(join(zero)), "all zero"));
+  // Only the upper 33 bits of the oldest word take part in the next regeneration: with
+  // its lower 31 bits set and every other word zero, the state is still the zero state.
+  zero[0] = "2147483647", zero[312] = "312";
+  CHECK(contains(rng_error(join(zero)), "all zero"));
+  // ... while one set bit anywhere else is a real (sparse) state of the full period.
+  zero[0] = "0", zero[200] = "1";
+  CHECK(rng_error(join(zero)) == "");
 }
