@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "core/error.hpp"
+#include "moe/moe_layer.hpp"
 #include "moe/soft_moe.hpp"
 #include "nn/attention.hpp"
 #include "spec/cost.hpp"
@@ -22,13 +24,32 @@ namespace {
 // The oneDNN post-op of every MLP's hidden layer: the config's GELU form.
 Activation gelu_activation(const ModelConfig& c) { return c.gelu == Gelu::erf ? Activation::gelu_erf : Activation::gelu_tanh; }
 
-// Below this many FLOPs per encoder block a forward pass runs on one thread: each oneDNN
-// primitive and each of our parallel loops wakes the other OpenMP thread (a futex wake
-// with the passive wait policy), which costs more than the half of a tiny matmul it
-// takes over. Batch 1 of the Fashion-MNIST models (about 12 MFLOP per block) ran 2.3-3x
-// faster on one thread than on two (docs/BENCHMARKS.md). From batch 3 (36 MFLOP) on, the
-// primitives are large enough to split when the second core is free.
-constexpr double kMinFlopsPerBlockForThreads = 32e6;
+// A forward pass runs on both threads only when its oneDNN calls are large enough to
+// split: each call (and each of our parallel loops) wakes the other OpenMP thread, a
+// futex wake with the passive wait policy, ~12 us measured per wake, which a small call
+// does not pay back. Measured on an idle 2-core machine (docs/BENCHMARKS.md, session 10):
+// two threads overtook one at batch 8 for the dense vit-fmnist (~2 MFLOP per call and
+// image) but only at batch 32 for vmoe-fmnist, whose 8 experts per block add 16 small
+// calls; with the threshold per block instead (32 MFLOP, batch 3) the MoE models ran 3-4x
+// slower at batches 3-8 than at 2 (the small-batch cliff).
+constexpr double kMinFlopsPerCallForThreads = 12e6;
+
+// oneDNN calls of one encoder block of a pass of B images: two layer norms, the QKV and
+// output projections, two more for the MLP or for the MoE router and dispatch/combine,
+// and the experts' two matmuls each (token routers: every expert; shared experts: one
+// pair each; Soft-MoE with few rows per expert: one pair per batched chunk, moe_layer.cpp).
+double calls_per_block(const ModelConfig& c, const MoeConfig* moe, int block, int B) {
+  double calls = 6;
+  if (!moe || !c.is_moe_layer(block)) return calls;
+  calls += 2.0 * moe->num_shared_experts;
+  if (std::string(moe->router->name()) != "soft") return calls + 2.0 * moe->num_experts;
+  const int64_t groups = (B + moe->group_images - 1) / moe->group_images;
+  const int64_t rows = groups * moe->slots_per_expert, hidden = c.expert_mlp_dim();
+  if (rows >= kExpertBatchedBelowRows) return calls + 2.0 * moe->num_experts;
+  const int64_t chunk = std::clamp<int64_t>(kExpertBatchHiddenFloats / std::max<int64_t>(rows * hidden, 1), 1,
+                                            moe->num_experts);
+  return calls + 2.0 * ((moe->num_experts + chunk - 1) / chunk);
+}
 
 // Lowers the OpenMP thread count of this thread's later parallel regions (oneDNN's
 // included) for the scope, then restores it.
@@ -233,8 +254,10 @@ void Engine::head(float* logits, const float* x, int B, StageTimes* times) {
 
 int Engine::threads_for_batch(int B) const {
   const ModelConfig& c = model_.config;
-  const double flops_per_block = model_cost(c, routing()).flops_total() * B / c.num_layers;
-  return flops_per_block < kMinFlopsPerBlockForThreads ? 1 : omp_get_max_threads();
+  double calls = 0;
+  for (int i = 0; i < c.num_layers; ++i) calls += calls_per_block(c, routing(), i, B);
+  const double flops_per_call = model_cost(c, routing()).flops_total() * B / calls;
+  return flops_per_call < kMinFlopsPerCallForThreads ? 1 : omp_get_max_threads();
 }
 
 void Engine::run_forward(float* logits, const float* images, int B, RoutingTrace* trace, StageTimes* times,

@@ -96,7 +96,38 @@ static int64_t fixed_expert_rows(int64_t rows, int64_t D) {
 // matmul reads up to kExpertRowQuantum - 1 rows past its expert's, i.e. the next experts'
 // input or the buffer's slack, and writes as many output rows past them, which the
 // experts after it then overwrite with their own (or nobody reads: the slack).
+// The experts of a Soft-MoE layer all have R rows (their slots over the batch's groups),
+// laid out one expert after the other: with few rows they run as batched matmuls over as
+// many experts at a time as keep the hidden activations under kExpertBatchHiddenFloats,
+// two calls per chunk instead of two per expert. With few rows per expert (soft-s16 at
+// batch 8: 128 experts x 8 rows; softmoe-fmnist at batch 4: 8 x 20) the per-call cost,
+// not the arithmetic, was what the layer paid for. From kExpertBatchedBelowRows rows the
+// per-expert calls (fixed-shape where that pays) were as fast or faster (softmoe-fmnist
+// at batch 128-256: 2518-3101 images/s batched, 2730-3141 per expert; docs/BENCHMARKS.md).
+static void run_experts_batched(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, int64_t R,
+                                nn::PrimitiveCache& cache) {
+  const int64_t chunk = std::clamp<int64_t>(kExpertBatchHiddenFloats / (R * M), 1, E);
+  float* hidden = ws.expert_hidden.reserve((chunk * R + kExpertRowSlack) * M);
+  const float* in = ws.expert_in.data();
+  float* out = ws.expert_out.data();
+  for (int64_t e0 = 0; e0 < E; e0 += chunk) {
+    const int64_t n = std::min<int64_t>(chunk, E - e0);
+    GemmSpec up;
+    up.batch = n, up.m = R, up.k = D, up.n = M, up.bias = true, up.batch_bias = n > 1, up.activation = w.gelu;
+    up.batch_stride_a = R * D, up.batch_stride_b = int64_t{D} * M, up.batch_stride_c = R * M;
+    GemmSpec down;
+    down.batch = n, down.m = R, down.k = M, down.n = D, down.bias = true, down.batch_bias = n > 1;
+    down.batch_stride_a = R * M, down.batch_stride_b = int64_t{M} * D, down.batch_stride_c = R * D;
+    cache.gemm(up).run(hidden, in + e0 * R * D, w.w0 + e0 * D * M, w.b0 + e0 * M);
+    cache.gemm(down).run(out + e0 * R * D, hidden, w.w1 + e0 * M * D, w.b1 + e0 * D);
+  }
+}
+
 void run_experts(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, nn::PrimitiveCache& cache) {
+  const int64_t R = E > 1 ? ws.rows_of_expert[0] : 0;
+  bool equal = R > 0 && R < kExpertBatchedBelowRows;
+  for (int e = 0; e < E && equal; ++e) equal = ws.rows_of_expert[e] == R && ws.first_row[e] == e * R;
+  if (equal) return run_experts_batched(ws, w, E, D, M, R, cache);
   GemmSpec up;
   up.k = D, up.n = M, up.bias = true, up.activation = w.gelu;
   GemmSpec down;

@@ -103,6 +103,10 @@ void plan_rows(MoeWorkspace& ws, const std::vector<int64_t>& load, size_t G, int
 // output buffers keep kExpertRowSlack rows beyond the last expert's.
 constexpr int64_t kExpertRowQuantum = 16, kExpertRowsFixedFrom = 64, kExpertRowSlack = kExpertRowQuantum;
 constexpr int64_t kExpertFixedMaxHidden = 256;
+// Experts that all have the same R < kExpertBatchedBelowRows rows, one after the other
+// (Soft-MoE), run batched instead, as many at a time as keep their hidden activations
+// under kExpertBatchHiddenFloats floats.
+constexpr int64_t kExpertBatchHiddenFloats = int64_t{1} << 21, kExpertBatchedBelowRows = 64;
 void run_experts(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, nn::PrimitiveCache& cache);
 
 // The token routers' dispatch and combine, shared by the engine and training (which

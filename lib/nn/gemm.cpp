@@ -54,7 +54,10 @@ Gemm::Gemm(const GemmSpec& s) : spec_(s) {
   a_md_ = operand_md(s.batch, m, k, s.trans_a, spec_.lda, s.batch_stride_a, batched, s.outer, s.outer_stride_a);
   b_md_ = operand_md(s.batch, k, s.n, s.trans_b, spec_.ldb, s.batch_stride_b, batched, s.outer, s.outer_stride_b);
   c_md_ = operand_md(s.batch, m, s.n, false, spec_.ldc, s.batch_stride_c, batched, s.outer, s.outer_stride_c);
-  if (s.bias) {
+  if (s.batch_bias && (!s.bias || s.batch < 2 || s.outer > 1)) fail("gemm: a per-batch bias needs a batch");
+  if (s.batch_bias) {
+    bias_md_ = dnnl::memory::desc(dims{s.batch, 1, s.n}, dt::f32, dims{s.n, s.n, 1});
+  } else if (s.bias) {
     if (s.outer > 1) fail("gemm: bias with an outer batch is not supported");
     bias_md_ = batched ? dnnl::memory::desc(dims{1, 1, s.n}, dt::f32, dims{s.n, s.n, 1})
                        : dnnl::memory::desc(dims{1, s.n}, dt::f32, dims{s.n, 1});
@@ -63,11 +66,13 @@ Gemm::Gemm(const GemmSpec& s) : spec_(s) {
   dnnl::primitive_attr attr;
   dnnl::post_ops ops;
   if (s.beta != 0.0f) ops.append_sum(s.beta);
+  bias_post_op_ = s.batch_bias ? ops.len() : -1;
+  if (s.batch_bias) ops.append_binary(dnnl::algorithm::binary_add, bias_md_);
   if (s.activation != Activation::none) ops.append_eltwise(1.0f, algorithm_of(s.activation), 0.0f, 0.0f);
   attr.set_post_ops(ops);
   if (s.alpha != 1.0f) attr.set_output_scales(0, {s.alpha});
   try {
-    auto desc = s.bias ? dnnl::matmul::desc(a_md_, b_md_, bias_md_, c_md_) : dnnl::matmul::desc(a_md_, b_md_, c_md_);
+    auto desc = s.bias && !s.batch_bias ? dnnl::matmul::desc(a_md_, b_md_, bias_md_, c_md_) : dnnl::matmul::desc(a_md_, b_md_, c_md_);
     pd_ = dnnl::matmul::primitive_desc(desc, attr, context().engine);
     primitive_ = dnnl::matmul(pd_);
   } catch (const dnnl::error& e) {
@@ -97,7 +102,10 @@ void Gemm::run(float* c, const float* a, const float* b, const float* bias, int6
   dnnl::memory bm(b_md, ctx.engine, const_cast<float*>(b));
   dnnl::memory cm(c_md, ctx.engine, c);
   std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}};
-  if (s.bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_md_, ctx.engine, const_cast<float*>(bias)));
+  if (s.bias) {
+    const int arg = bias_post_op_ >= 0 ? DNNL_ARG_ATTR_MULTIPLE_POST_OP(bias_post_op_) | DNNL_ARG_SRC_1 : DNNL_ARG_BIAS;
+    args.emplace(arg, dnnl::memory(bias_md_, ctx.engine, const_cast<float*>(bias)));
+  }
   primitive_.execute(ctx.stream, args);
   ctx.stream.wait();
 }

@@ -24,6 +24,10 @@ struct GemmSpec {
   // An outer batch axis around `batch` (e.g. images around heads): 4-D operands.
   int64_t outer = 1, outer_stride_a = 0, outer_stride_b = 0, outer_stride_c = 0;
   bool bias = false;  // bias of n floats, broadcast over rows
+  // With batch > 1: the bias holds batch x n floats, one row per batch entry (an expert's
+  // bias). Added as a binary post-op: oneDNN 2.6 serves a per-batch matmul bias only with
+  // its reference kernel, hundreds of times slower (docs/DECISIONS.md).
+  bool batch_bias = false;
   Activation activation = Activation::none;
   float alpha = 1.0f;  // not combined with bias
   float beta = 0.0f;  // accumulate into C
@@ -44,6 +48,7 @@ class Gemm {
   dnnl::matmul::primitive_desc pd_;
   dnnl::matmul primitive_;
   dnnl::memory::desc a_md_, b_md_, c_md_, bias_md_;
+  int bias_post_op_ = -1;  // index of the binary post-op that adds a per-batch bias
 };
 
 }  // namespace vmoe::nn

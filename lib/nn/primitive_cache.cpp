@@ -24,6 +24,7 @@ const Gemm& PrimitiveCache::gemm(const GemmSpec& s) {
               s.outer_stride_b,
               s.outer_stride_c,
               s.bias,
+              s.batch_bias,
               static_cast<int>(s.activation),
               s.alpha,
               s.beta,

@@ -48,6 +48,7 @@ void matmul(float* c, const float* a, const float* b, const float* bias, const M
     const float* A = a + bt * s.stride_a;
     const float* Bm = b + bt * s.stride_b;
     float* C = c + bt * s.stride_c;
+    const float* bias_row = bias ? bias + bt * s.stride_bias : nullptr;
     for (int64_t i = 0; i < s.m; ++i) {
       // Row i of the product, accumulated in double over q.
       std::fill(acc.begin(), acc.end(), 0.0);
@@ -62,9 +63,9 @@ void matmul(float* c, const float* a, const float* b, const float* bias, const M
       }
       for (int64_t j = 0; j < s.n; ++j) {
         double v = acc[j] * s.alpha, m = mag[j] * std::fabs(s.alpha);
-        if (bias) {
-          v += bias[j];
-          m += std::fabs(bias[j]);
+        if (bias_row) {
+          v += bias_row[j];
+          m += std::fabs(bias_row[j]);
         }
         if (s.beta != 0.0) {
           v += s.beta * C[i * ldc + j];

@@ -23,6 +23,7 @@ struct MatmulSpec {
   bool trans_a = false, trans_b = false;
   int64_t lda = 0, ldb = 0, ldc = 0;  // 0 = packed
   int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
+  int64_t stride_bias = 0;  // n for one bias row per batch entry, 0 for one shared row
   double alpha = 1.0, beta = 0.0;
   Act act = Act::none;
 };
