@@ -26,7 +26,7 @@ Activation gelu_activation(const ModelConfig& c) { return c.gelu == Gelu::erf ? 
 
 // A forward pass runs on both threads only when its oneDNN calls are large enough to
 // split: each call (and each of our parallel loops) wakes the other OpenMP thread, a
-// futex wake with the passive wait policy, ~12 us measured per wake, which a small call
+// futex wake with the passive wait policy, ~10 us per wake as measured, which a small call
 // does not pay back. Measured on an idle 2-core machine (docs/BENCHMARKS.md, session 10):
 // two threads overtook one at batch 8 for the dense vit-fmnist (~2 MFLOP per call and
 // image) but only at batch 32 for vmoe-fmnist, whose 8 experts per block add 16 small
@@ -254,10 +254,16 @@ void Engine::head(float* logits, const float* x, int B, StageTimes* times) {
 
 int Engine::threads_for_batch(int B) const {
   const ModelConfig& c = model_.config;
-  double calls = 0;
-  for (int i = 0; i < c.num_layers; ++i) calls += calls_per_block(c, routing(), i, B);
-  const double flops_per_call = model_cost(c, routing()).flops_total() * B / calls;
-  return flops_per_call < kMinFlopsPerCallForThreads ? 1 : omp_get_max_threads();
+  const double flops_per_image = model_cost(c, routing()).flops_total();
+  // Two threads from the first batch size whose calls are large enough: a Soft-MoE pass
+  // that goes back from batched to per-expert expert calls at some size (more, but larger
+  // calls) keeps two threads, so images/s never falls as the batch grows.
+  for (int b = 1; b <= B; ++b) {
+    double calls = 0;
+    for (int i = 0; i < c.num_layers; ++i) calls += calls_per_block(c, routing(), i, b);
+    if (flops_per_image * b / calls >= kMinFlopsPerCallForThreads) return omp_get_max_threads();
+  }
+  return 1;
 }
 
 void Engine::run_forward(float* logits, const float* images, int B, RoutingTrace* trace, StageTimes* times,

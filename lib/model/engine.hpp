@@ -51,8 +51,8 @@ class Engine {
   void set_oracle_priority(std::vector<std::vector<float>> per_moe_block) { oracle_ = std::move(per_moe_block); }
 
   size_t primitives_created() const { return cache_.size(); }
-  // OpenMP threads a forward pass of B images uses: 1 when the work per block is too small
-  // to split, else all.
+  // OpenMP threads a forward pass of B images uses: 1 when its oneDNN calls are too small
+  // on average to pay for waking the other threads, else all.
   int threads_for_batch(int B) const;
 
  private:

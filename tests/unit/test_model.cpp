@@ -480,7 +480,8 @@ TEST_CASE("vmoe-s32 at full size: engine vs naive forward", "[.][slow][model][ar
 TEST_CASE("small batches run on one thread, with primitives of their own", "[model][onednn]") {
   Model model = make_model(arch("vmoe-fmnist"), 85);
   Engine engine(model);
-  // About 12 MFLOP per block and image: one image is below the threshold, 64 are not.
+  // About 12 MFLOP per block and image over 22 oneDNN calls per block (8 experts): one
+  // image is far below 12 MFLOP per call, 64 are above.
   CHECK(engine.threads_for_batch(1) == 1);
   CHECK(engine.threads_for_batch(64) == omp_get_max_threads());
   auto images = random_images(model.config, 5, 87);
@@ -490,6 +491,25 @@ TEST_CASE("small batches run on one thread, with primitives of their own", "[mod
   engine.forward(one.data(), images.data(), 1);
   CHECK(omp_get_max_threads() == threads);  // the caller's thread count is restored
   CHECK(testutil::max_abs_diff(one.data(), five.data(), one.size()) <= 1e-5);
+}
+
+// The small-batch cliff (issue 23): a V-MoE block's 16 small expert calls must not each
+// wake the second thread at batches where the dense model's 6 larger calls already pay.
+TEST_CASE("threads per pass follow the work per oneDNN call, and never fall as the batch grows", "[model][onednn]") {
+  const std::string name = GENERATE(std::string("vit-fmnist"), std::string("vmoe-fmnist"), std::string("softmoe-fmnist"));
+  Model model = make_model(arch(name), 89);
+  Engine engine(model);
+  INFO(name);
+  int last = 1;
+  for (int B = 1; B <= 256; ++B) {
+    const int t = engine.threads_for_batch(B);
+    CHECK(t >= last);
+    last = t;
+  }
+  CHECK(engine.threads_for_batch(256) == omp_get_max_threads());
+  CHECK(engine.threads_for_batch(2) == 1);
+  if (name == "vmoe-fmnist") CHECK(engine.threads_for_batch(8) == 1);
+  if (name == "vit-fmnist") CHECK(engine.threads_for_batch(8) == omp_get_max_threads());
 }
 
 TEST_CASE("the engine creates primitives once per shape and reuses them", "[model][onednn]") {
