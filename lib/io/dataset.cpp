@@ -185,14 +185,13 @@ Dataset load_folder(const std::string& spec) {
     std::sort(files.begin(), files.end());
     for (const fs::path& f : files) {
       const std::string path = f.string();
-      if (!std::ifstream(f, std::ios::binary)) fail("{}: cannot open the file", path);
-      bool image = false;
-      try {
-        image = cv::haveImageReader(path);
-      } catch (const cv::Exception&) {
-        image = false;
-      }
-      if (!image) fail("{}: not an image file OpenCV can read (class folders may hold only images)", path);
+      std::ifstream in(f, std::ios::binary);
+      if (!in) fail("{}: cannot open the file", path);
+      std::string head(16, '\0');
+      in.read(head.data(), static_cast<std::streamsize>(head.size()));
+      head.resize(static_cast<size_t>(in.gcount()));
+      if (!image_format(head))
+        fail("{}: not an image file vmoe reads (PNG, JPEG, BMP or PNM; class folders may hold only images)", path);
       d.sources.push_back(path);
       d.labels.push_back(static_cast<int>(c));
     }

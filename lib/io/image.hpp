@@ -18,6 +18,10 @@ inline constexpr uint64_t kMaxImageFileBytes = uint64_t{256} << 20;  // 256 MiB
 inline constexpr uint64_t kMaxDecodedSide = 1 << 15;  // 32768 pixels
 inline constexpr uint64_t kMaxImagePixels = uint64_t{1} << 26;  // 67 M pixels (8192 x 8192)
 
+// "png", "jpeg", "bmp" or "pnm" from a file's first bytes (at least 3 needed), or null:
+// the formats vmoe reads. Everything else is refused before any decoder sees it.
+const char* image_format(const std::string& head);
+
 // The image in `bytes` decoded by OpenCV (BGR order, depth as stored); `what` names it
 // in errors. Decoder libraries' own messages never reach stderr: they become the error.
 cv::Mat decode_image(const std::string& bytes, const std::string& what);

@@ -261,6 +261,23 @@ TEST_CASE("images: decoder messages become one-line errors, sizes are limited (i
   write_text(dicom_path, dicom);
   const std::string dicom_error = error_of([&] { load_image(out.data(), dicom_path, ImageConfig{}); });
   CHECK_THAT(dicom_error, Catch::Contains("a DICOM file"));
+  // Only PNG, JPEG, BMP and PNM reach a decoder: the same bytes without "DICM" would go
+  // to GDAL's NITF reader, a TIFF header to libtiff, a WebP one to libwebp.
+  const std::pair<const char*, std::string> others[] = {
+      {"nitf", std::string("NITFOC=(A)<^IT\x06", 15) + std::string(120, '\0')},
+      {"tiff", std::string("II*\0\x08\0\0\0", 8) + std::string(64, '\0')},
+      {"webp", std::string("RIFF\x20\0\0\0WEBPVP8 ", 16) + std::string(32, '\0')},
+      {"pam", std::string("P7\nWIDTH 2\nHEIGHT 2\nDEPTH 1\nMAXVAL 255\nENDHDR\n") + std::string(4, '\0')}};
+  for (const auto& [name, bytes] : others) {
+    const std::string path = dir.file(std::string("x.") + name);
+    write_text(path, bytes);
+    const std::string error = error_of([&] { load_image(out.data(), path, ImageConfig{}); });
+    INFO(name << ": " << error);
+    CHECK_THAT(error, Catch::Contains("not a PNG, JPEG, BMP or PNM image") && Catch::Contains(path));
+  }
+  CHECK(std::string(vmoe::image_format("\x89PNG\r\n\x1a\n")) == "png");
+  CHECK(std::string(vmoe::image_format("P5 ")) == "pnm");
+  CHECK(vmoe::image_format("P5") == nullptr);
   const std::string empty = dir.file("empty.png");
   write_text(empty, "");
   CHECK(contains(error_of([&] { load_image(out.data(), empty, ImageConfig{}); }), "empty"));
