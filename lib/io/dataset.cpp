@@ -8,8 +8,6 @@
 #include <fstream>
 #include <memory>
 
-#include <opencv2/imgcodecs.hpp>
-
 #include "core/error.hpp"
 #include "io/image.hpp"
 #include "io/input_file.hpp"

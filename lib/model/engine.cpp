@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <string>
 
 #include "core/error.hpp"
 #include "moe/moe_layer.hpp"
@@ -42,12 +41,10 @@ double calls_per_block(const ModelConfig& c, const MoeConfig* moe, int block, in
   double calls = 6;
   if (!moe || !c.is_moe_layer(block)) return calls;
   calls += 2.0 * moe->num_shared_experts;
-  if (std::string(moe->router->name()) != "soft") return calls + 2.0 * moe->num_experts;
+  if (std::strcmp(moe->router->name(), "soft") != 0) return calls + 2.0 * moe->num_experts;
   const int64_t groups = (B + moe->group_images - 1) / moe->group_images;
-  const int64_t rows = groups * moe->slots_per_expert, hidden = c.expert_mlp_dim();
-  if (rows >= kExpertBatchedBelowRows) return calls + 2.0 * moe->num_experts;
-  const int64_t chunk = std::clamp<int64_t>(kExpertBatchHiddenFloats / std::max<int64_t>(rows * hidden, 1), 1,
-                                            moe->num_experts);
+  const int64_t chunk = batched_expert_chunk(groups * moe->slots_per_expert, c.expert_mlp_dim(), moe->num_experts);
+  if (chunk == 0) return calls + 2.0 * moe->num_experts;
   return calls + 2.0 * ((moe->num_experts + chunk - 1) / chunk);
 }
 

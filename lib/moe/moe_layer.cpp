@@ -92,10 +92,6 @@ static int64_t fixed_expert_rows(int64_t rows, int64_t D) {
   return 30 * rows > D * (padded - rows) ? padded : 0;
 }
 
-// out = GELU(in @ w0[e] + b0[e]) @ w1[e] + b1[e] per expert, in expert order. A padded
-// matmul reads up to kExpertRowQuantum - 1 rows past its expert's, i.e. the next experts'
-// input or the buffer's slack, and writes as many output rows past them, which the
-// experts after it then overwrite with their own (or nobody reads: the slack).
 // The experts of a Soft-MoE layer all have R rows (their slots over the batch's groups),
 // laid out one expert after the other: with few rows they run as batched matmuls over as
 // many experts at a time as keep the hidden activations under kExpertBatchHiddenFloats,
@@ -104,9 +100,13 @@ static int64_t fixed_expert_rows(int64_t rows, int64_t D) {
 // not the arithmetic, was what the layer paid for. From kExpertBatchedBelowRows rows the
 // per-expert calls (fixed-shape where that pays) were as fast or faster (softmoe-fmnist
 // at batch 128-256: 2518-3101 images/s batched, 2730-3141 per expert; docs/BENCHMARKS.md).
+int64_t batched_expert_chunk(int64_t rows, int64_t mlp, int E) {
+  if (rows <= 0 || rows >= kExpertBatchedBelowRows) return 0;
+  return std::clamp<int64_t>(kExpertBatchHiddenFloats / (rows * mlp), 1, E);
+}
+
 static void run_experts_batched(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, int64_t R,
-                                nn::PrimitiveCache& cache) {
-  const int64_t chunk = std::clamp<int64_t>(kExpertBatchHiddenFloats / (R * M), 1, E);
+                                int64_t chunk, nn::PrimitiveCache& cache) {
   float* hidden = ws.expert_hidden.reserve((chunk * R + kExpertRowSlack) * M);
   const float* in = ws.expert_in.data();
   float* out = ws.expert_out.data();
@@ -123,11 +123,17 @@ static void run_experts_batched(MoeWorkspace& ws, const MoeWeights& w, int E, in
   }
 }
 
+// out = GELU(in @ w0[e] + b0[e]) @ w1[e] + b1[e] per expert, in expert order. A padded
+// matmul reads up to kExpertRowQuantum - 1 rows past its expert's, i.e. the next experts'
+// input or the buffer's slack, and writes as many output rows past them, which the
+// experts after it then overwrite with their own (or nobody reads: the slack). Experts
+// that all have the same few rows run batched instead (run_experts_batched, above).
 void run_experts(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, nn::PrimitiveCache& cache) {
   const int64_t R = E > 1 ? ws.rows_of_expert[0] : 0;
-  bool equal = R > 0 && R < kExpertBatchedBelowRows;
+  const int64_t chunk = batched_expert_chunk(R, M, E);
+  bool equal = chunk > 0;
   for (int e = 0; e < E && equal; ++e) equal = ws.rows_of_expert[e] == R && ws.first_row[e] == e * R;
-  if (equal) return run_experts_batched(ws, w, E, D, M, R, cache);
+  if (equal) return run_experts_batched(ws, w, E, D, M, R, chunk, cache);
   GemmSpec up;
   up.k = D, up.n = M, up.bias = true, up.activation = w.gelu;
   GemmSpec down;

@@ -107,6 +107,9 @@ constexpr int64_t kExpertFixedMaxHidden = 256;
 // (Soft-MoE), run batched instead, as many at a time as keep their hidden activations
 // under kExpertBatchHiddenFloats floats.
 constexpr int64_t kExpertBatchHiddenFloats = int64_t{1} << 21, kExpertBatchedBelowRows = 64;
+// Experts per batched call when every expert has `rows` rows of hidden size `mlp`, or 0
+// when they run one call pair each (what run_experts does; the engine counts calls by it).
+int64_t batched_expert_chunk(int64_t rows, int64_t mlp, int E);
 void run_experts(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, nn::PrimitiveCache& cache);
 
 // The token routers' dispatch and combine, shared by the engine and training (which
