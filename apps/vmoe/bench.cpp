@@ -21,6 +21,7 @@ struct BenchArgs {
   bool json = false;
   bool no_ceiling = false;
   bool train = false;
+  std::string precision = "f32";
   RoutingFlags routing;
 };
 struct TrainStage {
@@ -92,6 +93,7 @@ Run add_bench(CLI::App& root) {
   app->add_option("--threads", args->threads, "OpenMP threads (default: all cores)")->check(CLI::Range(1, 1024));
   app->add_option("--seconds", args->seconds, "minimum timed duration")->check(number_in(0.0, 3600.0));
   add_routing_options(*app, args->routing);
+  add_precision_option(*app, args->precision);
   app->add_flag("--no-ceiling", args->no_ceiling, "skip the large-matmul ceiling measurement");
   app->add_flag("--json", args->json, "print JSON");
   app->add_flag("--train", args->train,
@@ -106,12 +108,17 @@ Run add_bench(CLI::App& root) {
       print_train_bench(*args, path, model, app_batch_given);
       return;
     }
-    Engine engine(model);
+    Engine engine(model, nn::parse_precision(args->precision));
     if (model.config.moe) checked_routing(model.config, args->routing);
     engine.set_routing(args->routing.overrides());
     BenchResult r = benchmark_engine(engine, args->batch, args->seconds);
-    std::optional<MatmulCeiling> ceiling;
-    if (!args->no_ceiling) ceiling = measure_matmul_ceiling();
+    // bf16 runs are measured against the bf16 matmul's ceiling, with the f32 one beside it.
+    const nn::Precision precision = engine.precision();
+    std::optional<MatmulCeiling> ceiling, f32_ceiling;
+    if (!args->no_ceiling) {
+      ceiling = measure_matmul_ceiling(3136, 768, 3072, precision);
+      if (precision != nn::Precision::f32) f32_ceiling = measure_matmul_ceiling();
+    }
     const StageTimes& s = r.stages;
     const std::pair<const char*, double> stages[] = {
         {"embedding", s.embedding}, {"attention", s.attention},        {"layer norms", s.norms},
@@ -121,7 +128,7 @@ Run add_bench(CLI::App& root) {
     if (args->json) {
       nlohmann::json stage_ms;
       for (auto& [name, secs] : stages) stage_ms[name] = 1e3 * secs / r.iterations;
-      nlohmann::json j{{"model", path},         {"batch", r.batch},
+      nlohmann::json j{{"model", path},         {"batch", r.batch}, {"precision", nn::to_string(precision)},
                        {"threads", threads},    {"iterations", r.iterations},
                        {"images_per_s", r.images_per_s}, {"gflops_per_image", r.gflops_per_image},
                        {"gflops_per_s", r.gflops_per_s}, {"gflops_per_image_capacity", r.gflops_per_image_capacity},
@@ -130,12 +137,15 @@ Run add_bench(CLI::App& root) {
                        {"expert_rows_per_image_capacity", r.expert_rows_per_image_capacity},
                        {"stage_ms_per_batch", stage_ms}};
       if (ceiling) j["matmul_ceiling"] = {{"m", ceiling->m}, {"k", ceiling->k}, {"n", ceiling->n},
-                                          {"gflops_per_s", ceiling->gflops_per_s}, {"impl", ceiling->impl}};
+                                          {"gflops_per_s", ceiling->gflops_per_s}, {"impl", ceiling->impl},
+                                          {"precision", nn::to_string(ceiling->precision)}};
+      if (f32_ceiling) j["matmul_ceiling_f32"] = {{"gflops_per_s", f32_ceiling->gflops_per_s}, {"impl", f32_ceiling->impl}};
       fmt::print("{}\n", j.dump());
       return;
     }
     fmt::print("model        {}\n", path);
-    fmt::print("batch        {} images, {} threads, {} timed passes in {:.2f} s\n", r.batch, threads, r.iterations, r.seconds);
+    fmt::print("batch        {} images, {} threads, {} timed passes in {:.2f} s, {} matmuls\n", r.batch, threads,
+               r.iterations, r.seconds, nn::to_string(precision));
     fmt::print("throughput   {:.1f} images/s, {:.1f} GFLOP/s ({:.4f} GFLOPs per image)\n", r.images_per_s,
                r.gflops_per_s, r.gflops_per_image);
     if (r.expert_rows_per_image_capacity > 0)
@@ -145,9 +155,12 @@ Run add_bench(CLI::App& root) {
                  100.0 * r.expert_rows_per_image / r.expert_rows_per_image_capacity, r.gflops_per_s_capacity,
                  r.gflops_per_image_capacity);
     if (ceiling)
-      fmt::print("ceiling      {:.1f} GFLOP/s on one {}x{}x{} matmul ({}): engine reaches {:.0f}%\n",
-                 ceiling->gflops_per_s, ceiling->m, ceiling->k, ceiling->n, ceiling->impl,
-                 100.0 * r.gflops_per_s / ceiling->gflops_per_s);
+      fmt::print("ceiling      {:.1f} GFLOP/s on one {} {}x{}x{} matmul ({}): engine reaches {:.0f}%\n",
+                 ceiling->gflops_per_s, nn::to_string(ceiling->precision), ceiling->m, ceiling->k, ceiling->n,
+                 ceiling->impl, 100.0 * r.gflops_per_s / ceiling->gflops_per_s);
+    if (f32_ceiling)
+      fmt::print("             f32 ceiling {:.1f} GFLOP/s ({}): engine at {:.0f}% of it\n", f32_ceiling->gflops_per_s,
+                 f32_ceiling->impl, 100.0 * r.gflops_per_s / f32_ceiling->gflops_per_s);
     const double total = s.total();
     fmt::print("stages       (ms per batch, share of timed stages)\n");
     for (auto& [name, secs] : stages)

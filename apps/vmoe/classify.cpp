@@ -17,6 +17,7 @@ struct ClassifyArgs {
   bool json = false;
   RoutingFlags routing;
   std::string resize;
+  std::string precision = "f32";
 };
 
 void print_text(const std::string& model, const std::vector<Prediction>& predictions) {
@@ -52,12 +53,13 @@ Run add_classify(CLI::App& root) {
   app->add_option("--top", args->top, "how many classes to show")->check(kPositive);
   add_routing_options(*app, args->routing);
   add_resize_option(*app, args->resize);
+  add_precision_option(*app, args->precision);
   app->add_flag("--json", args->json, "print JSON (DESIGN §5) instead of text");
   return [args] {
     const std::string path = resolve_model_path(args->model);
     Model model = load_model(path);
     apply_resize_override(model, args->resize);
-    Engine engine(model);
+    Engine engine(model, nn::parse_precision(args->precision));
     if (model.config.moe) checked_routing(model.config, args->routing);
     engine.set_routing(args->routing.overrides());
     std::vector<Prediction> predictions = classify_files(engine, args->images, args->top);

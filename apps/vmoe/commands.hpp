@@ -59,6 +59,9 @@ void add_model_option(CLI::App& app, std::string& model);
 // model's (DESIGN §3). Switching a model to resize_small_crop that does not use it sets
 // resize_small to the larger side of the model's input, so the whole centre square fits.
 void add_resize_option(CLI::App& app, std::string& resize);
+
+// --precision f32|bf16 (default f32): the engine's matmul precision (nn/precision.hpp).
+void add_precision_option(CLI::App& app, std::string& precision);
 void apply_resize_override(Model& model, const std::string& resize);
 
 // --capacity-factor, --routing bpr|vanilla, --group-images

@@ -34,6 +34,7 @@ struct EvalArgs {
   bool importance = false;
   RoutingFlags routing;
   std::string resize;
+  std::string precision = "f32";
 };
 
 std::pair<int, int> parse_shard(const std::string& s) {
@@ -129,6 +130,7 @@ Run add_eval(CLI::App& root) {
   app->add_option("--data-dir", args->data_dir, "where the Fashion-MNIST IDX files are (default /usr/share/datasets/fashion-mnist)");
   add_routing_options(*app, args->routing, true, /*with_oracle=*/true);
   add_resize_option(*app, args->resize);
+  add_precision_option(*app, args->precision);
   app->add_option("--batch", args->batch, "images per forward pass (default 256; rounded down to whole groups)")
       ->check(CLI::Range(1, 65536));
   app->add_option("--limit", args->limit, "evaluate only the first N images")->check(kNonNegative);
@@ -149,7 +151,8 @@ Run add_eval(CLI::App& root) {
   return [args] {
     if (!args->merge.empty()) {
       if (!args->model.empty() || !args->shard.empty() || args->limit >= 0 || args->routing.capacity_factor ||
-          !args->routing.routing.empty() || args->routing.group_images || !args->resize.empty() || args->importance)
+          !args->routing.routing.empty() || args->routing.group_images || !args->resize.empty() || args->importance ||
+          args->precision != "f32")
         throw UsageError("--merge takes only result files and --format; the runs' settings are in the files");
       merge_files(*args);
       return;
@@ -164,9 +167,16 @@ Run add_eval(CLI::App& root) {
     const std::string path = resolve_model_path(args->model);
     Model model = load_model(path);
     apply_resize_override(model, args->resize);
-    Engine engine(model);
+    Engine engine(model, nn::parse_precision(args->precision));
     if (model.config.moe) checked_routing(model.config, args->routing);
     engine.set_routing(args->routing.overrides());
+    // bf16 runs every batch in f32 too, for the agreement figures (docs/EVAL.md).
+    std::optional<Engine> reference;
+    if (engine.precision() != nn::Precision::f32) {
+      reference.emplace(model);
+      reference->set_routing(args->routing.overrides());
+      options.reference = &*reference;
+    }
     const Dataset dataset = load_dataset(args->data, args->data_dir);
     // Before any image is decoded or evaluated: a batch that cannot fit fails now, with
     // the estimate (evaluate() checks the same, for library callers).

@@ -31,6 +31,7 @@ struct RouteArgs {
   std::string priority, overflow;
   std::string layer = "all";
   std::string resize;
+  std::string precision = "f32";
   bool json = false;
   bool no_pictures = false;
   bool importance = false;
@@ -218,6 +219,7 @@ Run add_route(CLI::App& root) {
       ->check(CLI::IsMember({"bpr", "vanilla"}));
   add_priority_options(*app, args->priority, args->overflow, /*with_oracle=*/true);
   add_resize_option(*app, args->resize);
+  add_precision_option(*app, args->precision);
   app->add_flag("--importance", args->importance,
                 "also compute patch importance: an importance heatmap beside each priority heatmap, \"importance\" "
                 "per layer in --json (docs/ROUTING.md)");
@@ -269,7 +271,7 @@ Run add_route(CLI::App& root) {
     std::optional<RouteResult> result;
     try {
       if (!args->no_pictures) viz::prepare_output_dir(args->out_dir);
-      Engine engine(model);
+      Engine engine(model, nn::parse_precision(args->precision));
       result = route_image(engine, path, args->image, request);
       if (!args->no_pictures) files = viz::write_pictures(viz::route_pictures(*result), args->out_dir);
     } catch (...) {

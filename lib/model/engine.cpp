@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/error.hpp"
@@ -65,7 +66,9 @@ class ThreadLimit {
 
 }  // namespace
 
-Engine::Engine(const Model& model) : model_(model) {
+Engine::Engine(const Model& model, nn::Precision precision)
+    : model_(model), precision_(precision), pack_(precision == nn::Precision::bf16 || std::getenv("VMOE_PACK_F32")) {
+  nn::require_precision(precision);
   const ModelConfig& c = model.config;
   const int64_t D = c.hidden_size;
   if (c.moe) routing_ = inference_routing(*c.moe);
@@ -82,6 +85,20 @@ Engine::Engine(const Model& model) : model_(model) {
       soft_normalised_mu(p.soft_mu.data(), b.router_mu.data(), b.router_scale[0], D, slots);
     }
   }
+}
+
+void Engine::linear(GemmSpec s, void* out, const float* in, const float* kernel, const float* bias) {
+  if (precision_ != nn::Precision::bf16) return matmul(s, out, in, kernel, bias);
+  uint16_t* in16 = in_bf16_.reserve_bf16(s.m * s.k);
+  nn::to_bf16(in16, in, s.m * s.k);
+  s.bf16_inputs = true;
+  matmul(s, out, in16, kernel, bias);
+}
+
+void Engine::matmul(GemmSpec s, void* out, const void* in, const float* kernel, const float* bias) {
+  s.packed_b = pack_;
+  const nn::Gemm& gemm = cache_.gemm(s);
+  gemm.run_typed(out, in, pack_ ? packed_weights_.get(gemm, kernel) : kernel, bias);
 }
 
 void Engine::set_routing(const RoutingOverrides& overrides) {
@@ -119,7 +136,7 @@ void Engine::embed(float* x, const float* images, int B, StageTimes* times) {
   GemmSpec s;
   s.m = B * np, s.k = patch_len, s.n = D, s.bias = true;
   float* embedded = embedded_.reserve(B * np * D);
-  cache_.gemm(s).run(embedded, patches, model_.params.embedding_kernel.data(), model_.params.embedding_bias.data());
+  linear(s, embedded, patches, model_.params.embedding_kernel.data(), model_.params.embedding_bias.data());
   const float* pos = model_.params.pos_embedding.data();
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < B; ++b) {
@@ -150,13 +167,13 @@ void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* tim
     GemmSpec qkv_spec;
     qkv_spec.m = N, qkv_spec.k = D, qkv_spec.n = 3 * D, qkv_spec.bias = true;
     float* qkv = qkv_.reserve(N * 3 * D);
-    cache_.gemm(qkv_spec).run(qkv, h, packed_[i].qkv_kernel.data(), packed_[i].qkv_bias.data());
+    linear(qkv_spec, qkv, h, packed_[i].qkv_kernel.data(), packed_[i].qkv_bias.data());
     float* attn = attn_.reserve(N * D);
     float* workspace = scores_.reserve(nn::attention_workspace_floats(B, T, H, D / H, /*keep_probs=*/false));
     nn::attention_forward(attn, workspace, qkv, B, T, H, D / H, cache_);
     GemmSpec out_spec;  // x += attn @ out_kernel + out_bias
     out_spec.m = N, out_spec.k = D, out_spec.n = D, out_spec.bias = true, out_spec.beta = 1.0f;
-    cache_.gemm(out_spec).run(x, attn, b.out_kernel.data(), b.out_bias.data());
+    linear(out_spec, x, attn, b.out_kernel.data(), b.out_bias.data());
   }
   check_stage(x, N * D, D, i, "attention");
   {
@@ -174,6 +191,8 @@ void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* tim
     w.balance_bias = b.balance_bias.data();  // null unless balance "bias"
     w.shared_w0 = b.shared0_kernel.data(), w.shared_b0 = b.shared0_bias.data();
     w.shared_w1 = b.shared1_kernel.data(), w.shared_b1 = b.shared1_bias.data();
+    w.bf16 = precision_ == nn::Precision::bf16;
+    if (pack_) w.packed = &packed_weights_;
     if (routing_->priority == Priority::oracle) {
       const int moe_index = static_cast<int>(std::count_if(c.moe->layers.begin(), c.moe->layers.end(), [&](int l) { return l < i; }));
       if (moe_index >= static_cast<int>(oracle_.size()) || static_cast<int64_t>(oracle_[moe_index].size()) != N)
@@ -205,8 +224,10 @@ void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* tim
   GemmSpec down;  // x += hidden @ W1 + b1
   down.m = N, down.k = M, down.n = D, down.bias = true, down.beta = 1.0f;
   float* hidden = hidden_.reserve(N * M);
-  cache_.gemm(up).run(hidden, h, b.mlp0_kernel.data(), b.mlp0_bias.data());
-  cache_.gemm(down).run(x, hidden, b.mlp1_kernel.data(), b.mlp1_bias.data());
+  // bf16: the hidden layer only feeds the next matmul, so it is written in bf16.
+  up.bf16_output = down.bf16_inputs = precision_ == nn::Precision::bf16;
+  linear(up, hidden, h, b.mlp0_kernel.data(), b.mlp0_bias.data());
+  matmul(down, x, hidden, b.mlp1_kernel.data(), b.mlp1_bias.data());
   check_stage(x, N * D, D, i, "MLP");
 }
 

@@ -5,6 +5,7 @@
 
 #include "core/stage_times.hpp"
 #include "moe/moe_layer.hpp"
+#include "nn/precision.hpp"
 #include "nn/primitive_cache.hpp"
 #include "spec/params.hpp"
 #include "spec/routing_trace.hpp"
@@ -25,10 +26,13 @@ struct MoeTap {
 
 class Engine {
  public:
-  explicit Engine(const Model& model);
+  // precision bf16 runs the encoder's matmuls on bf16 copies of their kernels
+  // (nn/precision.hpp); it throws on a CPU without native bf16.
+  explicit Engine(const Model& model, nn::Precision precision = nn::Precision::f32);
 
   const ModelConfig& config() const { return model_.config; }
   const Model& model() const { return model_; }
+  nn::Precision precision() const { return precision_; }
   // Routing used from now on: the config's MoE fields with these overrides applied.
   void set_routing(const RoutingOverrides& overrides);
   // Routing used from now on: exactly `moe` (checked against the model).
@@ -61,6 +65,11 @@ class Engine {
     Tensor qkv_bias;  // (3D)
     Tensor soft_mu;  // (D, E*P)  scale * mu normalised over D
   };
+  // out (m, n) = in (m, k) @ kernel (k, n) + bias under s's post-ops, in the engine's
+  // precision (bf16: `in` rounded to bf16 first) with the kernel packed when the engine
+  // packs. matmul: the same with `in` already of s's input type.
+  void linear(nn::GemmSpec s, void* out, const float* in, const float* kernel, const float* bias);
+  void matmul(nn::GemmSpec s, void* out, const void* in, const float* kernel, const float* bias);
   void run_forward(float* logits, const float* images, int B, RoutingTrace* trace, StageTimes* times,
                    std::vector<MoeTap>* taps);
   // Blocks first.. and the head on x_ (B*T, D).
@@ -73,10 +82,16 @@ class Engine {
   void head(float* logits, const float* x, int B, StageTimes* times);
 
   const Model& model_;
+  nn::Precision precision_;
+  // Kernels reordered once into the matmuls' preferred layouts (nn/packed_weights.hpp):
+  // always with bf16, which needs it to be fast; with f32 when pack_f32_.
+  bool pack_ = false;
+  nn::PackedWeights packed_weights_;
   std::optional<MoeConfig> routing_;
   std::vector<PackedBlock> packed_;
   nn::PrimitiveCache cache_;
   Scratch patches_, embedded_, x_, h_, qkv_, attn_, scores_, hidden_, pooled_, pre_logits_;
+  Scratch in_bf16_;  // a matmul's input rounded to bf16 (Precision::bf16)
   MoeWorkspace moe_ws_;
   std::vector<std::vector<float>> oracle_;  // set_oracle_priority
   // Non-finite checks: every pass checks its logits and router gates (cheap); only when

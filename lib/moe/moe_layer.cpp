@@ -6,9 +6,11 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
 
 #include "core/error.hpp"
 #include "moe/capacity.hpp"
+#include "nn/precision.hpp"
 #include "nn/softmax_rows.hpp"
 
 namespace vmoe {
@@ -86,7 +88,10 @@ void dispatch_run_combine(float* x, const float* h, int64_t N, int D, int M, int
 // row. So pad when 60 rows > 2 D (padded - rows), i.e. 30 rows > D (padded - rows). Past
 // kExpertFixedMaxHidden the pass is small next to the matmul and gemm:jit's own kernels
 // were as fast or faster (vmoe-s32, vmoe-b16: docs/DECISIONS.md).
-static int64_t fixed_expert_rows(int64_t rows, int64_t D) {
+static int64_t fixed_expert_rows(int64_t rows, int64_t D, bool bf16) {
+  // bf16 kernels read packed weights, which need a fixed row count: every expert is
+  // padded to a whole quantum (docs/DECISIONS.md, "bf16 inference").
+  if (bf16) return rows == 0 ? 0 : (rows + kExpertRowQuantum - 1) / kExpertRowQuantum * kExpertRowQuantum;
   if (rows < kExpertRowsFixedFrom || D > kExpertFixedMaxHidden) return 0;
   const int64_t padded = (rows + kExpertRowQuantum - 1) / kExpertRowQuantum * kExpertRowQuantum;
   return 30 * rows > D * (padded - rows) ? padded : 0;
@@ -105,11 +110,34 @@ int64_t batched_expert_chunk(int64_t rows, int64_t mlp, int E) {
   return std::clamp<int64_t>(kExpertBatchHiddenFloats / (rows * mlp), 1, E);
 }
 
-static void run_experts_batched(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, int64_t R,
-                                int64_t chunk, nn::PrimitiveCache& cache) {
-  float* hidden = ws.expert_hidden.reserve((chunk * R + kExpertRowSlack) * M);
-  const float* in = ws.expert_in.data();
-  float* out = ws.expert_out.data();
+namespace {
+
+// The experts' activations in the type their matmuls read: float, or uint16_t for bf16
+// (then the hidden layer is bf16 too; the output is always float).
+template <typename T>
+struct ExpertOperands {
+  static constexpr bool bf16 = std::is_same_v<T, uint16_t>;
+  const T* in;  // (rows, D) expert-major
+  T* hidden;  // (rows, M) of the experts of one call
+  float* out;  // (rows, D)
+};
+
+// Packed kernels where the weights are packed and the row count is fixed (runtime row
+// counts take only plain layouts: f32 experts below the padding rule read plain floats).
+template <typename T>
+void set_types(GemmSpec& up, GemmSpec& down, const MoeWeights& w) {
+  up.bf16_inputs = up.bf16_output = down.bf16_inputs = ExpertOperands<T>::bf16;
+  up.packed_b = down.packed_b = w.packed != nullptr && !up.runtime_m;
+}
+
+// The kernel `gemm` reads: packed once when it reads packed weights, else the plain floats.
+const void* kernel(const nn::Gemm& gemm, const float* plain, const MoeWeights& w) {
+  return gemm.spec().packed_b ? w.packed->get(gemm, plain) : plain;
+}
+
+template <typename T>
+void run_experts_batched(const ExpertOperands<T>& x, const MoeWeights& w, int E, int D, int M, int64_t R, int64_t chunk,
+                         nn::PrimitiveCache& cache) {
   for (int64_t e0 = 0; e0 < E; e0 += chunk) {
     const int64_t n = std::min<int64_t>(chunk, E - e0);
     GemmSpec up;
@@ -118,10 +146,36 @@ static void run_experts_batched(MoeWorkspace& ws, const MoeWeights& w, int E, in
     GemmSpec down;
     down.batch = n, down.m = R, down.k = M, down.n = D, down.bias = true, down.batch_bias = n > 1;
     down.batch_stride_a = R * M, down.batch_stride_b = int64_t{M} * D, down.batch_stride_c = R * D;
-    cache.gemm(up).run(hidden, in + e0 * R * D, w.w0 + e0 * D * M, w.b0 + e0 * M);
-    cache.gemm(down).run(out + e0 * R * D, hidden, w.w1 + e0 * M * D, w.b1 + e0 * D);
+    set_types<T>(up, down, w);
+    const nn::Gemm& g_up = cache.gemm(up);
+    const nn::Gemm& g_down = cache.gemm(down);
+    g_up.run_typed(x.hidden, x.in + e0 * R * D, kernel(g_up, w.w0 + e0 * D * M, w), w.b0 + e0 * M);
+    g_down.run_typed(x.out + e0 * R * D, x.hidden, kernel(g_down, w.w1 + e0 * M * D, w), w.b1 + e0 * D);
   }
 }
+
+template <typename T>
+void run_experts_one_by_one(const ExpertOperands<T>& x, MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M,
+                            nn::PrimitiveCache& cache) {
+  GemmSpec up;
+  up.k = D, up.n = M, up.bias = true, up.activation = w.gelu;
+  GemmSpec down;
+  down.k = M, down.n = D, down.bias = true;
+  for (int e = 0; e < E; ++e) {
+    const int64_t rows = ws.rows_of_expert[e];
+    if (rows == 0) continue;
+    const int64_t fixed = fixed_expert_rows(rows, D, ExpertOperands<T>::bf16);
+    up.runtime_m = down.runtime_m = fixed == 0;
+    up.m = down.m = fixed;
+    set_types<T>(up, down, w);
+    const nn::Gemm& g_up = cache.gemm(up);
+    const nn::Gemm& g_down = cache.gemm(down);
+    g_up.run_typed(x.hidden, x.in + ws.first_row[e] * D, kernel(g_up, w.w0 + int64_t{e} * D * M, w), w.b0 + int64_t{e} * M, rows);
+    g_down.run_typed(x.out + ws.first_row[e] * D, x.hidden, kernel(g_down, w.w1 + int64_t{e} * M * D, w), w.b1 + int64_t{e} * D, rows);
+  }
+}
+
+}  // namespace
 
 // out = GELU(in @ w0[e] + b0[e]) @ w1[e] + b1[e] per expert, in expert order. A padded
 // matmul reads up to kExpertRowQuantum - 1 rows past its expert's, i.e. the next experts'
@@ -129,32 +183,29 @@ static void run_experts_batched(MoeWorkspace& ws, const MoeWeights& w, int E, in
 // experts after it then overwrite with their own (or nobody reads: the slack). Experts
 // that all have the same few rows run batched instead (run_experts_batched, above).
 void run_experts(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, nn::PrimitiveCache& cache) {
+  if (w.bf16 && !w.packed) fail("moe: bf16 experts need packed kernels");
   const int64_t R = E > 1 ? ws.rows_of_expert[0] : 0;
   const int64_t chunk = batched_expert_chunk(R, M, E);
   bool equal = chunk > 0;
   for (int e = 0; e < E && equal; ++e) equal = ws.rows_of_expert[e] == R && ws.first_row[e] == e * R;
-  if (equal) return run_experts_batched(ws, w, E, D, M, R, chunk, cache);
-  GemmSpec up;
-  up.k = D, up.n = M, up.bias = true, up.activation = w.gelu;
-  GemmSpec down;
-  down.k = M, down.n = D, down.bias = true;
   int64_t max_rows = 0;
-  for (int e = 0; e < E; ++e) {
-    const int64_t rows = ws.rows_of_expert[e];
-    max_rows = std::max({max_rows, rows, fixed_expert_rows(rows, D)});
+  for (int e = 0; e < E; ++e)
+    max_rows = std::max({max_rows, ws.rows_of_expert[e], fixed_expert_rows(ws.rows_of_expert[e], D, w.bf16)});
+  const int64_t hidden_rows = equal ? chunk * R : std::max(max_rows, ws.max_expert_rows);
+  float* hidden = ws.expert_hidden.reserve((hidden_rows + kExpertRowSlack) * M);
+  float* out = ws.expert_out.data();
+  if (!w.bf16) {
+    const ExpertOperands<float> x{ws.expert_in.data(), hidden, out};
+    if (equal) return run_experts_batched(x, w, E, D, M, R, chunk, cache);
+    return run_experts_one_by_one(x, ws, w, E, D, M, cache);
   }
-  float* hidden = ws.expert_hidden.reserve((std::max(max_rows, ws.max_expert_rows) + kExpertRowSlack) * M);
-  for (int e = 0; e < E; ++e) {
-    const int64_t rows = ws.rows_of_expert[e];
-    if (rows == 0) continue;
-    const float* in = ws.expert_in.data() + ws.first_row[e] * D;
-    float* out = ws.expert_out.data() + ws.first_row[e] * D;
-    const int64_t fixed = fixed_expert_rows(rows, D);
-    up.runtime_m = down.runtime_m = fixed == 0;
-    up.m = down.m = fixed;
-    cache.gemm(up).run(hidden, in, w.w0 + int64_t{e} * D * M, w.b0 + int64_t{e} * M, rows);
-    cache.gemm(down).run(out, hidden, w.w1 + int64_t{e} * M * D, w.b1 + int64_t{e} * D, rows);
-  }
+  // The rows up to the last expert's and the slack a padded matmul may read past them.
+  const int64_t rows = E > 0 ? ws.first_row[E - 1] + ws.rows_of_expert[E - 1] + kExpertRowSlack : 0;
+  uint16_t* in = ws.expert_in_bf16.reserve_bf16(rows * D);
+  nn::to_bf16(in, ws.expert_in.data(), rows * D);
+  const ExpertOperands<uint16_t> x{in, reinterpret_cast<uint16_t*>(hidden), out};
+  if (equal) return run_experts_batched(x, w, E, D, M, R, chunk, cache);
+  run_experts_one_by_one(x, ws, w, E, D, M, cache);
 }
 
 void gather_expert_rows(float* in, const float* h, const MoeWorkspace& ws, int D) {
@@ -284,10 +335,20 @@ void run_shared_experts(float* x, const float* h, int64_t N, int D, int M, int s
   up.m = N, up.k = D, up.n = M, up.bias = true, up.activation = w.gelu;
   GemmSpec down;  // accumulates into x
   down.m = N, down.k = M, down.n = D, down.bias = true, down.beta = 1.0f;
+  up.bf16_inputs = up.bf16_output = down.bf16_inputs = w.bf16;
+  up.packed_b = down.packed_b = w.packed != nullptr;
   float* hidden = ws.expert_hidden.reserve(N * M);
+  const void* in = h;
+  if (w.bf16) {
+    uint16_t* h16 = ws.expert_in_bf16.reserve_bf16(N * D);
+    nn::to_bf16(h16, h, N * D);
+    in = h16;
+  }
+  const nn::Gemm& g_up = cache.gemm(up);
+  const nn::Gemm& g_down = cache.gemm(down);
   for (int s = 0; s < shared; ++s) {
-    cache.gemm(up).run(hidden, h, w.shared_w0 + int64_t{s} * D * M, w.shared_b0 + int64_t{s} * M);
-    cache.gemm(down).run(x, hidden, w.shared_w1 + int64_t{s} * M * D, w.shared_b1 + int64_t{s} * D);
+    g_up.run_typed(hidden, in, kernel(g_up, w.shared_w0 + int64_t{s} * D * M, w), w.shared_b0 + int64_t{s} * M);
+    g_down.run_typed(x, hidden, kernel(g_down, w.shared_w1 + int64_t{s} * M * D, w), w.shared_b1 + int64_t{s} * D);
   }
 }
 

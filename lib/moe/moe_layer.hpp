@@ -8,6 +8,7 @@
 
 #include "core/stage_times.hpp"
 #include "moe/routers.hpp"
+#include "nn/packed_weights.hpp"
 #include "nn/primitive_cache.hpp"
 #include "spec/config.hpp"
 #include "spec/router.hpp"
@@ -35,12 +36,19 @@ struct MoeWeights {
   const float* shared_w1 = nullptr;  // (Sh, M, D)
   const float* shared_b1 = nullptr;  // (Sh, D)
   const float* oracle_priority = nullptr;  // (N) the tokens' importance, for priority "oracle"
+  // The engine's precision for the experts: bf16 rounds their input to bf16, writes their
+  // hidden layer in bf16 and reads bf16 kernels; the output (and so the combine) stays f32.
+  bool bf16 = false;
+  // Set: the expert kernels are read packed (GemmSpec::packed_b) from here, every expert
+  // matmul then has a fixed row count. Required with bf16.
+  nn::PackedWeights* packed = nullptr;
 };
 
 // Buffers reused across calls; they only ever grow.
 struct MoeWorkspace {
   Scratch logits, gates, scores, expert_in, expert_hidden, expert_out, xn, dispatch, combine, slot_in, slot_out;
   Scratch select;  // (N, E) logits + balance bias, what top-k chooses by (balance "bias" only)
+  Scratch expert_in_bf16;  // expert_in rounded to bf16 (MoeWeights::bf16)
   std::vector<TopKRouting> top_k;  // per group
   std::vector<ExpertsChoiceRouting> experts_choice;  // per group
   std::vector<int64_t> rows_of_expert, first_row, group_expert_base;

@@ -14,16 +14,19 @@ constexpr int64_t kRuntime = DNNL_RUNTIME_DIM_VAL;
 
 // A (rows, cols) operand stored row-major with leading dimension ld, or transposed;
 // with batch axes in front when batched (outer > 1 makes it 4-D).
-dnnl::memory::desc operand_md(int64_t batch, int64_t rows, int64_t cols, bool transposed, int64_t ld,
+dnnl::memory::desc operand_md(dt type, int64_t batch, int64_t rows, int64_t cols, bool transposed, int64_t ld,
                               int64_t batch_stride, bool batched, int64_t outer = 1, int64_t outer_stride = 0) {
   int64_t row_stride = transposed ? 1 : ld;
   int64_t col_stride = transposed ? ld : 1;
-  if (!batched) return dnnl::memory::desc(dims{rows, cols}, dt::f32, dims{row_stride, col_stride});
+  if (!batched) return dnnl::memory::desc(dims{rows, cols}, type, dims{row_stride, col_stride});
   if (outer > 1)
-    return dnnl::memory::desc(dims{outer, batch, rows, cols}, dt::f32,
+    return dnnl::memory::desc(dims{outer, batch, rows, cols}, type,
                               dims{outer_stride, batch_stride, row_stride, col_stride});
-  return dnnl::memory::desc(dims{batch, rows, cols}, dt::f32, dims{batch_stride, row_stride, col_stride});
+  return dnnl::memory::desc(dims{batch, rows, cols}, type, dims{batch_stride, row_stride, col_stride});
 }
+
+dt input_type(const GemmSpec& s) { return s.bf16_inputs ? dt::bf16 : dt::f32; }
+dt output_type(const GemmSpec& s) { return s.bf16_output ? dt::bf16 : dt::f32; }
 
 dnnl::algorithm algorithm_of(Activation a) {
   switch (a) {
@@ -51,9 +54,15 @@ Gemm::Gemm(const GemmSpec& s) : spec_(s) {
   if (s.runtime_m && s.trans_a && !s.lda) fail("gemm: transposed A with runtime rows needs lda");
   if (s.runtime_k && !s.trans_a && !s.lda) fail("gemm: A with runtime k needs lda");
   if (s.runtime_k && s.trans_b && !s.ldb) fail("gemm: transposed B with runtime k needs ldb");
-  a_md_ = operand_md(s.batch, m, k, s.trans_a, spec_.lda, s.batch_stride_a, batched, s.outer, s.outer_stride_a);
-  b_md_ = operand_md(s.batch, k, s.n, s.trans_b, spec_.ldb, s.batch_stride_b, batched, s.outer, s.outer_stride_b);
-  c_md_ = operand_md(s.batch, m, s.n, false, spec_.ldc, s.batch_stride_c, batched, s.outer, s.outer_stride_c);
+  a_md_ = operand_md(input_type(s), s.batch, m, k, s.trans_a, spec_.lda, s.batch_stride_a, batched, s.outer, s.outer_stride_a);
+  b_md_ = operand_md(input_type(s), s.batch, k, s.n, s.trans_b, spec_.ldb, s.batch_stride_b, batched, s.outer, s.outer_stride_b);
+  if (s.packed_b) {
+    if (s.runtime_m || s.runtime_k || s.trans_b || spec_.ldb != s.n || s.outer > 1 || (batched && s.batch_stride_b != s.k * s.n))
+      fail("gemm: packed weights need plain, fixed-size B");
+    b_md_ = batched ? dnnl::memory::desc(dims{s.batch, s.k, s.n}, input_type(s), dnnl::memory::format_tag::any)
+                    : dnnl::memory::desc(dims{s.k, s.n}, input_type(s), dnnl::memory::format_tag::any);
+  }
+  c_md_ = operand_md(output_type(s), s.batch, m, s.n, false, spec_.ldc, s.batch_stride_c, batched, s.outer, s.outer_stride_c);
   if (s.batch_bias && (!s.bias || s.batch < 2 || s.outer > 1)) fail("gemm: a per-batch bias needs a batch");
   if (s.batch_bias) {
     bias_md_ = dnnl::memory::desc(dims{s.batch, 1, s.n}, dt::f32, dims{s.n, s.n, 1});
@@ -78,7 +87,8 @@ Gemm::Gemm(const GemmSpec& s) : spec_(s) {
   } catch (const dnnl::error& e) {
     fail("oneDNN matmul {}x{}x{} could not be created: {}", s.m, s.k, s.n, e.what());
   }
-  record_primitive(fmt::format("matmul b{} m{} k{} n{}{}{}", s.outer * s.batch, s.runtime_m ? std::string("?") : std::to_string(s.m),
+  if (s.packed_b) b_md_ = pd_.weights_desc();
+  record_primitive(fmt::format("matmul{}{} b{} m{} k{} n{}{}{}", s.bf16_inputs ? (s.bf16_output ? " bf16>bf16" : " bf16>f32") : "", s.packed_b ? " packed" : "", s.outer * s.batch, s.runtime_m ? std::string("?") : std::to_string(s.m),
                                s.runtime_k ? std::string("?") : std::to_string(s.k), s.n, s.trans_a ? " tA" : "", s.trans_b ? " tB" : ""),
                    impl());
 }
@@ -86,6 +96,11 @@ Gemm::Gemm(const GemmSpec& s) : spec_(s) {
 std::string Gemm::impl() const { return pd_ ? pd_.impl_info_str() : "none"; }
 
 void Gemm::run(float* c, const float* a, const float* b, const float* bias, int64_t m, int64_t k) const {
+  if (spec_.bf16_inputs || spec_.bf16_output) fail("gemm: a bf16 matmul given float operands");
+  run_typed(c, a, b, bias, m, k);
+}
+
+void Gemm::run_typed(void* c, const void* a, const void* b, const float* bias, int64_t m, int64_t k) const {
   const GemmSpec& s = spec_;
   dnnl::memory::desc a_md = a_md_, b_md = b_md_, c_md = c_md_;
   if (s.runtime_m || s.runtime_k) {
@@ -93,13 +108,13 @@ void Gemm::run(float* c, const float* a, const float* b, const float* bias, int6
     if (!s.runtime_m) m = s.m;
     if (!s.runtime_k) k = s.k;
     if (m == 0 || k == 0) return;  // nothing to add; callers with runtime sizes accumulate (beta 1)
-    a_md = operand_md(1, m, k, s.trans_a, s.lda, 0, false);
-    b_md = operand_md(1, k, s.n, s.trans_b, s.ldb, 0, false);
-    c_md = operand_md(1, m, s.n, false, s.ldc, 0, false);
+    a_md = operand_md(input_type(s), 1, m, k, s.trans_a, s.lda, 0, false);
+    b_md = operand_md(input_type(s), 1, k, s.n, s.trans_b, s.ldb, 0, false);  // never packed_b
+    c_md = operand_md(output_type(s), 1, m, s.n, false, s.ldc, 0, false);
   }
   auto& ctx = context();
-  dnnl::memory am(a_md, ctx.engine, const_cast<float*>(a));
-  dnnl::memory bm(b_md, ctx.engine, const_cast<float*>(b));
+  dnnl::memory am(a_md, ctx.engine, const_cast<void*>(a));
+  dnnl::memory bm(b_md, ctx.engine, const_cast<void*>(b));
   dnnl::memory cm(c_md, ctx.engine, c);
   std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}};
   if (s.bias) {

@@ -31,6 +31,15 @@ struct GemmSpec {
   Activation activation = Activation::none;
   float alpha = 1.0f;  // not combined with bias
   float beta = 0.0f;  // accumulate into C
+  // A and B hold bfloat16 values (nn/precision.hpp), C float unless bf16_output; the
+  // products accumulate in f32 either way. Bias and post-op operands stay float.
+  bool bf16_inputs = false;
+  bool bf16_output = false;
+  // B in the layout the kernel prefers (oneDNN's format "any"), so it is not repacked at
+  // every call: the caller hands run_typed weights reordered once to weights_desc()
+  // (nn/packed_weights.hpp). Needs B plain (no trans_b, ldb n, batch stride k*n) and
+  // fixed sizes: 2.6's kernels for runtime sizes take only plain layouts.
+  bool packed_b = false;
 };
 
 class Gemm {
@@ -39,7 +48,12 @@ class Gemm {
   explicit Gemm(const GemmSpec& spec);
   void run(float* c, const float* a, const float* b, const float* bias = nullptr, int64_t m = -1,
            int64_t k = -1) const;
+  // Operands of the spec's types (bf16_inputs, bf16_output): uint16_t or float.
+  void run_typed(void* c, const void* a, const void* b, const float* bias = nullptr, int64_t m = -1,
+                 int64_t k = -1) const;
   const GemmSpec& spec() const { return spec_; }
+  // The layout run_typed expects B in (packed_b: the kernel's choice).
+  dnnl::memory::desc weights_desc() const { return pd_.weights_desc(); }
   std::string impl() const;
   bool valid() const { return static_cast<bool>(primitive_); }
 

@@ -28,7 +28,10 @@ const Gemm& PrimitiveCache::gemm(const GemmSpec& s) {
               static_cast<int>(s.activation),
               s.alpha,
               s.beta,
-              omp_get_max_threads()};
+              omp_get_max_threads(),
+              s.bf16_inputs,
+              s.bf16_output,
+              s.packed_b};
   auto& slot = gemms_[key];
   if (!slot) slot = std::make_unique<Gemm>(s);
   return *slot;

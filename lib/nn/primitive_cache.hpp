@@ -20,7 +20,7 @@ class PrimitiveCache {
 
  private:
   using GemmKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool, bool, int64_t, int64_t, int64_t, int64_t,
-                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, int, float, float, int>;
+                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, int, float, float, int, bool, bool, bool>;
   std::map<GemmKey, std::unique_ptr<Gemm>> gemms_;
   std::map<std::tuple<int64_t, int64_t, float, int>, std::unique_ptr<LayerNorm>> norms_;
 };

@@ -45,21 +45,25 @@ BenchResult benchmark_engine(Engine& engine, int batch, double min_seconds, uint
   return r;
 }
 
-MatmulCeiling measure_matmul_ceiling(int64_t m, int64_t k, int64_t n) {
+MatmulCeiling measure_matmul_ceiling(int64_t m, int64_t k, int64_t n, nn::Precision precision) {
   nn::GemmSpec s;
-  s.m = m, s.k = k, s.n = n;
+  s.m = m, s.k = k, s.n = n, s.bf16_inputs = precision == nn::Precision::bf16;
   nn::Gemm gemm(s);
-  Tensor a({m, k}), b({k, n}), c({m, n});
+  Tensor a({m, k}), b({k, n}), c({m, n});  // bf16 operands use the first half of a and b
   a.fill(0.5f);
   b.fill(0.25f);
-  gemm.run(c.data(), a.data(), b.data());
+  if (s.bf16_inputs) {
+    nn::to_bf16(reinterpret_cast<uint16_t*>(a.data()), a.data(), m * k);
+    nn::to_bf16(reinterpret_cast<uint16_t*>(b.data()), b.data(), k * n);
+  }
+  gemm.run_typed(c.data(), a.data(), b.data());
   double best = 1e30;
   for (int i = 0; i < 5; ++i) {
     const auto start = Clock::now();
-    gemm.run(c.data(), a.data(), b.data());
+    gemm.run_typed(c.data(), a.data(), b.data());
     best = std::min(best, std::chrono::duration<double>(Clock::now() - start).count());
   }
-  return {m, k, n, 2.0 * m * k * n / best / 1e9, gemm.impl()};
+  return {m, k, n, 2.0 * m * k * n / best / 1e9, gemm.impl(), precision};
 }
 
 }  // namespace vmoe

@@ -29,8 +29,11 @@ struct MatmulCeiling {
   int64_t m, k, n;
   double gflops_per_s;
   std::string impl;
+  nn::Precision precision = nn::Precision::f32;
 };
-// One large f32 matmul (3136 x 768 x 3072 by default), best of several runs.
-MatmulCeiling measure_matmul_ceiling(int64_t m = 3136, int64_t k = 768, int64_t n = 3072);
+// One large matmul (3136 x 768 x 3072 by default), best of several runs; bf16: bf16
+// inputs, f32 output, as the engine's bf16 matmuls.
+MatmulCeiling measure_matmul_ceiling(int64_t m = 3136, int64_t k = 768, int64_t n = 3072,
+                                     nn::Precision precision = nn::Precision::f32);
 
 }  // namespace vmoe

@@ -66,6 +66,12 @@ std::string foreground_csv(const EvalResult& r) {
 
 // The importance columns, each preceded by its comma; empty without --importance (and
 // the oracle ones without an oracle order, the scorers' without that scorer).
+// The agreement columns, each preceded by its comma; empty without a reference run.
+std::string agreement_csv(const EvalResult& r) {
+  auto cell = [&](double v) { return r.counts.has_reference && v >= 0 ? fmt::format(",{:.6f}", v) : std::string(","); };
+  return cell(r.reference_top1()) + cell(r.same_prediction()) + cell(r.same_top1_expert()) + cell(r.same_kept_decisions());
+}
+
 std::string importance_csv(const EvalResult& r) {
   const EvalCounts& k = r.counts;
   auto overall = [&](bool oracle, bool all) {
@@ -116,6 +122,9 @@ nlohmann::json eval_to_json(const EvalResult& r) {
       layers.back()["spearman_images"] = l.spearman_images;
       layers.back()["spearman_sum"] = l.spearman_sum;
     }
+    if (k.has_reference)
+      layers.back()["agreement"] = {{"tokens", l.agreement.tokens}, {"top1_same", l.agreement.top1_same},
+                                    {"decisions", l.agreement.decisions}, {"decisions_same", l.agreement.decisions_same}};
   }
   json j{{"model", r.model},
          {"data", r.data},
@@ -164,6 +173,15 @@ nlohmann::json eval_to_json(const EvalResult& r) {
   if (k.has_importance) j["counts"]["importance"] = {{"oracle", k.has_oracle}, {"scorers", k.scorers}};
   j["priority"] = r.priority.empty() ? json(nullptr) : json(r.priority);
   j["overflow"] = r.overflow.empty() ? json(nullptr) : json(r.overflow);
+  // Added by issue 23: the matmul precision and, for bf16, agreement with the f32 run
+  // (null without a reference run, or where the routers make no such decision).
+  j["precision"] = r.precision;
+  auto share = [&](double v) { return k.has_reference && v >= 0 ? json(v) : json(nullptr); };
+  j["f32_top1"] = share(r.reference_top1());
+  j["same_prediction"] = share(r.same_prediction());
+  j["same_top1_expert"] = share(r.same_top1_expert());
+  j["same_kept_decisions"] = share(r.same_kept_decisions());
+  if (k.has_reference) j["counts"]["reference"] = {{"top1", k.reference_top1}, {"same_prediction", k.same_prediction}};
   return j;
 }
 
@@ -178,6 +196,8 @@ EvalResult eval_from_json(const nlohmann::json& j, const std::string& what) {
   r.group_images = get<int>(j, "group_images", what);
   if (j.contains("priority") && j["priority"].is_string()) r.priority = j["priority"].get<std::string>();
   if (j.contains("overflow") && j["overflow"].is_string()) r.overflow = j["overflow"].get<std::string>();
+  if (j.contains("precision")) r.precision = get<std::string>(j, "precision", what);
+  if (r.precision != "f32" && r.precision != "bf16") fail("{}: precision \"{}\" is neither f32 nor bf16", what, r.precision);
   r.class_names = get<std::vector<std::string>>(j, "classes", what);
   const nlohmann::json c = get<nlohmann::json>(j, "counts", what);
   const std::string cw = what + ": counts";
@@ -201,6 +221,14 @@ EvalResult eval_from_json(const nlohmann::json& j, const std::string& what) {
     const nlohmann::json i = get<nlohmann::json>(c, "importance", cw);
     k.has_oracle = get<bool>(i, "oracle", cw + ": importance");
     k.scorers = get<std::vector<std::string>>(i, "scorers", cw + ": importance");
+  }
+  k.has_reference = c.contains("reference");
+  if (k.has_reference) {
+    const nlohmann::json ref = get<nlohmann::json>(c, "reference", cw);
+    k.reference_top1 = get<int64_t>(ref, "top1", cw + ": reference");
+    k.same_prediction = get<int64_t>(ref, "same_prediction", cw + ": reference");
+    if (k.reference_top1 < 0 || k.reference_top1 > k.images || k.same_prediction < 0 || k.same_prediction > k.images)
+      fail("{}: reference counts outside 0..{} images", cw, k.images);
   }
   for (const nlohmann::json& l : get<nlohmann::json>(c, "layers", cw)) {
     const std::string lw = cw + ": layers";
@@ -237,6 +265,15 @@ EvalResult eval_from_json(const nlohmann::json& j, const std::string& what) {
       if (lc.spearman_images < 0 || lc.spearman_sum.size() != k.scorers.size())
         fail("{}: spearman sums of layer {} do not match the scorers", lw, lc.layer);
     }
+    if (k.has_reference) {
+      const nlohmann::json a = get<nlohmann::json>(l, "agreement", lw);
+      RoutingAgreement& g = lc.agreement;
+      g.tokens = get<int64_t>(a, "tokens", lw), g.top1_same = get<int64_t>(a, "top1_same", lw);
+      g.decisions = get<int64_t>(a, "decisions", lw), g.decisions_same = get<int64_t>(a, "decisions_same", lw);
+      if (g.tokens < 0 || g.top1_same < 0 || g.top1_same > g.tokens || g.decisions < 0 || g.decisions_same < 0 ||
+          g.decisions_same > g.decisions)
+        fail("{}: agreement counts of layer {} do not add up", lw, lc.layer);
+    }
     k.layers.push_back(lc);
   }
   if (k.shard_count < 1 || k.shards.empty()) fail("{}: bad shard bookkeeping", what);
@@ -267,7 +304,9 @@ std::string eval_csv_header() {
          // Added by issue 22 (vmoe eval --importance; empty without it).
          "importance_kept,importance_kept_all,importance_kept_oracle,importance_kept_oracle_all,"
          "importance_kept_per_layer,importance_kept_oracle_per_layer,spearman_max_gate,spearman_sum_gates,"
-         "spearman_entropy,spearman_random,spearman_learned,spearman_fitted";
+         "spearman_entropy,spearman_random,spearman_learned,spearman_fitted,"
+         // Added by issue 23 (--precision; the agreement columns empty without a reference run).
+         "precision,f32_top1,same_prediction,same_top1_expert,same_kept_decisions";
 }
 
 std::string eval_csv_row(const EvalResult& r) {
@@ -278,7 +317,7 @@ std::string eval_csv_row(const EvalResult& r) {
                      r.has_capacity ? fmt::format("{:.6g}", mean_effective(r)) : "", r.group_images, k.images, r.top1(), r.top5(), r.mean_dropped(), r.mean_choices_dropped(),
                      r.processed_tokens(), r.images_per_s(), k.seconds, shard, joined(r.dropped()),
                      joined(r.choices_dropped())) +
-         foreground_csv(r) + "," + r.priority + "," + r.overflow + importance_csv(r);
+         foreground_csv(r) + "," + r.priority + "," + r.overflow + importance_csv(r) + "," + r.precision + agreement_csv(r);
 }
 
 std::string eval_text(const EvalResult& r) {
@@ -332,6 +371,16 @@ std::string eval_text(const EvalResult& r) {
       out += fmt::format("; oracle order {:.2f}% / {:.2f}%", 100.0 * r.importance_kept_overall(true),
                          100.0 * r.importance_kept_overall(true, true));
     out += " (mean over image-block pairs with positive importance)\n";
+  }
+  if (k.has_reference) {
+    out += fmt::format("precision  {}: f32 top-1 {:.2f}%, same top-1 class {:.2f}% of images", r.precision,
+                       100.0 * r.reference_top1(), 100.0 * r.same_prediction());
+    if (r.same_top1_expert() >= 0) out += fmt::format(", same first expert {:.2f}% of tokens", 100.0 * r.same_top1_expert());
+    if (r.same_kept_decisions() >= 0)
+      out += fmt::format(", kept/dropped decisions agree {:.3f}%", 100.0 * r.same_kept_decisions());
+    out += "\n";
+  } else if (r.precision != "f32") {
+    out += fmt::format("precision  {}\n", r.precision);
   }
   if (!k.layers.empty()) out += fmt::format("processed  {:.2f}% of tokens reached an expert (mean over MoE blocks)\n",
                                             100.0 * r.processed_tokens());

@@ -140,6 +140,9 @@ void EvalCounts::merge(const EvalCounts& o) {
   has_foreground = has_foreground && o.has_foreground;
   if (has_importance != o.has_importance || has_oracle != o.has_oracle || scorers != o.scorers)
     fail("cannot merge results with and without the same --importance figures");
+  if (has_reference != o.has_reference) fail("cannot merge results with and without the f32 reference figures");
+  reference_top1 += o.reference_top1;
+  same_prediction += o.same_prediction;
   shards.insert(shards.end(), o.shards.begin(), o.shards.end());
   std::sort(shards.begin(), shards.end());
   for (size_t c = 0; c < class_images.size(); ++c) {
@@ -164,6 +167,7 @@ void EvalCounts::merge(const EvalCounts& o) {
     if (a.spearman_sum.size() != b.spearman_sum.size()) fail("cannot merge: the parts correlate different scorers");
     for (size_t s = 0; s < a.spearman_sum.size(); ++s) a.spearman_sum[s] += b.spearman_sum[s];
     a.foreground_kept_any += b.foreground_kept_any;
+    a.agreement.add(b.agreement);
     // A shard with only a partial last group reports that group's capacity; the full-group one wins.
     if (b.capacity > a.capacity) {
       a.capacity = b.capacity;
@@ -243,6 +247,21 @@ std::vector<double> EvalResult::importance_spearman(size_t scorer) const {
                       ? l.spearman_sum[scorer] / static_cast<double>(l.spearman_images)
                       : 0.0);
   return out;
+}
+
+double EvalResult::reference_top1() const { return ratio(counts.reference_top1, counts.images); }
+double EvalResult::same_prediction() const { return ratio(counts.same_prediction, counts.images); }
+
+double EvalResult::same_top1_expert() const {
+  RoutingAgreement sum;
+  for (const EvalLayerCounts& l : counts.layers) sum.add(l.agreement);
+  return sum.tokens > 0 ? ratio(sum.top1_same, sum.tokens) : -1.0;
+}
+
+double EvalResult::same_kept_decisions() const {
+  RoutingAgreement sum;
+  for (const EvalLayerCounts& l : counts.layers) sum.add(l.agreement);
+  return sum.decisions > 0 ? ratio(sum.decisions_same, sum.decisions) : -1.0;
 }
 
 double EvalResult::foreground_per_image() const { return ratio(counts.foreground_patches, counts.images); }
@@ -341,6 +360,9 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
   r.model = engine.model().source;
   r.data = data.name;
   r.class_names = data.class_names;
+  r.precision = nn::to_string(engine.precision());
+  if (options.reference && (&options.reference->model() != &engine.model()))
+    fail("eval: the reference engine runs a different model");
   if (!moe || moe->layers.empty()) {
     r.router = "dense";
     r.routing = "dense";
@@ -364,6 +386,7 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
   k.shards = {options.shard_index};
   k.class_images.assign(data.class_names.size(), 0);
   k.class_top1.assign(data.class_names.size(), 0);
+  k.has_reference = options.reference != nullptr;
   if (moe)
     for (int layer : moe->layers) {
       EvalLayerCounts lc;
@@ -402,8 +425,8 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
       oracle_routing->batch_priority = true;
     }
   }
-  RoutingTrace oracle_trace;
-  std::vector<float> oracle_logits;
+  RoutingTrace oracle_trace, reference_trace;
+  std::vector<float> oracle_logits, reference_logits;
   std::vector<int> labels;  // (B) dataset class of each image of the batch
   const auto start = std::chrono::steady_clock::now();
   for (size_t first = 0; first < mine.size(); first += batch) {
@@ -432,6 +455,8 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
       importance = patch_importance(engine, images.data(), B);
       std::vector<std::vector<float>> scores;
       for (size_t j = 0; j < importance->blocks.size(); ++j) scores.push_back(importance->block_scores(static_cast<int>(j)));
+      // The reference run orders by the same importance, so only the arithmetic differs.
+      if (options.reference) options.reference->set_oracle_priority(scores);
       engine.set_oracle_priority(std::move(scores));
     }
     engine.forward(logits.data(), images.data(), B, moe ? &trace : nullptr);
@@ -445,6 +470,11 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
       count_importance(k.layers, *importance, trace, with_oracle ? &oracle_trace : nullptr, scorers, *run_routing);
     }
     if (with_importance) engine.set_oracle_priority({});
+    if (options.reference) {
+      reference_logits.resize(logits.size());
+      options.reference->forward(reference_logits.data(), images.data(), B, moe ? &reference_trace : nullptr);
+      if (with_importance) options.reference->set_oracle_priority({});
+    }
 
     for (int b = 0; b < B; ++b) {
       const int64_t i = mine[first + b];
@@ -461,6 +491,13 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
         ++k.class_top1[dataset_class];
       }
       if (rank < 5) ++k.top5;
+      if (options.reference) {
+        const float* ref = reference_logits.data() + static_cast<size_t>(b) * C;
+        const int predicted = static_cast<int>(std::max_element(l, l + C) - l);
+        const int ref_predicted = static_cast<int>(std::max_element(ref, ref + C) - ref);
+        k.reference_top1 += ref_predicted == truth;
+        k.same_prediction += ref_predicted == predicted;
+      }
     }
     if (moe) {
       if (trace.layers.size() != k.layers.size())
@@ -484,6 +521,7 @@ EvalResult evaluate(Engine& engine, const Dataset& data, const EvalOptions& opti
         lc.foreground_tokens += fg.foreground;
         lc.foreground_kept_all += fg.kept_all;
         lc.foreground_kept_any += fg.kept_any;
+        if (options.reference) lc.agreement.add(routing_agreement(reference_trace.layers.at(li), t));
       }
     }
     if (moe && options.on_trace) {
@@ -511,6 +549,7 @@ EvalResult merge_results(const std::vector<EvalResult>& parts) {
     same("routing", p.routing, out.routing);
     same("priority", p.priority, out.priority);
     same("overflow", p.overflow, out.overflow);
+    same("precision", p.precision, out.precision);
     same("capacity factor", p.capacity_factor, out.capacity_factor);
     same("group size", p.group_images, out.group_images);
     same("class list", p.class_names, out.class_names);

@@ -15,6 +15,7 @@
 #include "io/dataset.hpp"
 #include "model/engine.hpp"
 #include "spec/routing_trace.hpp"
+#include "tasks/routing_agreement.hpp"
 
 namespace vmoe {
 
@@ -40,6 +41,9 @@ struct EvalLayerCounts {
   // summed over images (EvalCounts::scorers; top-k only).
   int64_t spearman_images = 0;
   std::vector<double> spearman_sum{};
+  // --precision bf16 (EvalOptions::reference): routing agreement with the f32 run
+  // (tasks/routing_agreement.hpp), summed over batches.
+  RoutingAgreement agreement{};
 };
 
 struct EvalCounts {
@@ -56,6 +60,10 @@ struct EvalCounts {
   bool has_importance = false;  // --importance figures are in the layers
   bool has_oracle = false;  // ... with the oracle order's (top-k routers)
   std::vector<std::string> scorers;  // the priority scorers correlated with importance
+  // With a reference run (EvalOptions::reference): its correct top-1 predictions, and the
+  // images whose top-1 class is the same in both runs.
+  bool has_reference = false;
+  int64_t reference_top1 = 0, same_prediction = 0;
 
   // Adds another shard's counts; throws if the layers or classes do not line up or a
   // shard is counted twice.
@@ -67,6 +75,7 @@ struct EvalResult {
   std::string router;  // top_k | experts_choice | soft | dense
   std::string routing;  // bpr | vanilla for top-k; the router name otherwise
   std::string priority, overflow;  // top-k: BPR's scorer and the overflow rule; empty otherwise
+  std::string precision = "f32";  // the engine's matmul precision (nn/precision.hpp)
   double capacity_factor = 0;  // requested factor (0 when the model has no capacity)
   bool has_capacity = false;  // top-k or experts-choice
   int group_images = 1;
@@ -93,6 +102,13 @@ struct EvalResult {
   std::vector<double> importance_spearman(size_t scorer) const;
   // The same averaged over every (image, layer) pair with positive importance.
   double importance_kept_overall(bool oracle = false, bool all_choices = false) const;
+  // With a reference run: its top-1, and the shares of images with the same top-1 class,
+  // of tokens with the same first expert and of kept/dropped decisions that agree (over
+  // all MoE layers; -1 when the routers make no such choice).
+  double reference_top1() const;
+  double same_prediction() const;
+  double same_top1_expert() const;
+  double same_kept_decisions() const;
 };
 
 // About how many bytes evaluating batches of B images takes beyond the weights: the
@@ -119,6 +135,9 @@ struct EvalOptions {
   // routing and by the oracle order, and the scorers' rank correlation with it. Slow:
   // one extra pass per token and MoE block from that block on.
   bool importance = false;
+  // An engine on the same model and routing (f32, when `engine` runs bf16): every batch
+  // also runs on it, and the result gets its top-1 and the agreement figures.
+  Engine* reference = nullptr;
 };
 
 // Dataset class -> model class index. Matches by exact name, then by slug (case and

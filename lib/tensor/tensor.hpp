@@ -46,7 +46,10 @@ class Tensor {
 class Scratch {
  public:
   float* reserve(int64_t count);
+  // The same buffer holding `count` 16-bit values (bfloat16 activations).
+  uint16_t* reserve_bf16(int64_t count) { return reinterpret_cast<uint16_t*>(reserve((count + 1) / 2)); }
   float* data() { return data_.get(); }
+  uint16_t* data_bf16() { return reinterpret_cast<uint16_t*>(data_.get()); }
   int64_t capacity() const { return capacity_; }
 
  private:

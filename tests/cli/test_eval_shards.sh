@@ -150,6 +150,34 @@ assert len(row) == len(header) and 0 <= float(r["foreground_kept_all"]) <= float
 assert (r["priority"], r["overflow"]) == ("max_gate", "drop"), r
 PY
 
+# --precision bf16 (where the CPU has native bf16): the agreement with the f32 run of
+# the same batches is in every format, and shards of a bf16 run merge to the same counts
+# as the whole run.
+if grep -qw avx512_bf16 /proc/cpuinfo || grep -qw amx_bf16 /proc/cpuinfo; then
+  BUNDLED="$(cd "$(dirname "$0")/../.." && pwd)/data/models/vmoe-fmnist.safetensors"
+  "$VMOE" eval -m "$BUNDLED" --data fashion-mnist:test --limit 64 --precision bf16 --format json > "$WORK/bf16.json" \
+    || fail "eval --precision bf16"
+  "$VMOE" eval -m "$BUNDLED" --data fashion-mnist:test --limit 64 --precision bf16 --shard 0/2 --format json > "$WORK/bf16-0.json" \
+    && "$VMOE" eval -m "$BUNDLED" --data fashion-mnist:test --limit 64 --precision bf16 --shard 1/2 --format json > "$WORK/bf16-1.json" \
+    && "$VMOE" eval --merge "$WORK/bf16-0.json" "$WORK/bf16-1.json" --format json > "$WORK/bf16-merged.json" || fail "bf16 shards"
+  $PY - "$WORK/bf16.json" "$WORK/bf16-merged.json" <<'PYEOF' || fail "bf16 agreement fields"
+import json, sys
+whole, merged = (json.load(open(p)) for p in sys.argv[1:3])
+assert whole["precision"] == "bf16", whole["precision"]
+for key in ("f32_top1", "same_prediction", "same_top1_expert", "same_kept_decisions"):
+    assert 0.5 <= whole[key] <= 1.0, (key, whole[key])
+    assert key == "f32_top1" or whole[key] >= 0.9, (key, whole[key])
+    assert merged[key] == whole[key], (key, merged[key], whole[key])
+assert abs(whole["top1"] - whole["f32_top1"]) <= 0.05, (whole["top1"], whole["f32_top1"])
+PYEOF
+  "$VMOE" eval -m "$BUNDLED" --data fashion-mnist:test --limit 64 --precision bf16 > "$WORK/bf16.txt" || fail "eval bf16 text"
+  grep -q "^precision  bf16: f32 top-1" "$WORK/bf16.txt" || fail "bf16 text line missing"
+  "$VMOE" eval -m "$BUNDLED" --data fashion-mnist:test --limit 64 --shard 1/2 --format json > "$WORK/f32-1.json" || fail "f32 shard"
+  expect_error 1 "precision" "$VMOE" eval --merge "$WORK/bf16-0.json" "$WORK/f32-1.json"
+else
+  echo "skip: no native bf16 on this CPU (the refusal is tested in test_exit_codes.sh)"
+fi
+
 # Bad input.
 expect_error 1 "unknown data spec" "$VMOE" eval -m "$MODEL" --data mnist:test
 expect_error 1 "split" "$VMOE" eval -m "$MODEL" --data fashion-mnist:validation

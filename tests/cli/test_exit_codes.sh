@@ -92,6 +92,14 @@ run 2 "train priority on a soft router" train --arch softmoe-fmnist --priority e
 run 2 "routing foo" classify "$GOOD" -m "$MODEL" --routing foo
 run 2 "top 0" classify "$GOOD" -m "$MODEL" --top 0
 run 2 "group images 0" classify "$GOOD" -m "$MODEL" --group-images 0
+run 2 "precision fp16" classify "$GOOD" -m "$MODEL" --precision fp16
+# bf16 on a CPU without native bf16 (simulated by capping oneDNN's ISA, which works on
+# any x86 machine): refused with one line naming the ISA, not run emulated and slow.
+ONEDNN_MAX_CPU_ISA=AVX2 run 1 "bf16 without native bf16" classify "$GOOD" -m "$MODEL" --precision bf16
+one_line_mentioning "bf16 without native bf16" "native bf16"
+ONEDNN_MAX_CPU_ISA=AVX2 run 1 "eval bf16 without native bf16" eval -m "$MODEL" --data fashion-mnist:test --limit 8 --precision bf16
+one_line_mentioning "eval bf16 without native bf16" "--precision f32"
+ONEDNN_MAX_CPU_ISA=AVX2 run 0 "f32 with the ISA capped" classify "$GOOD" -m "$MODEL" --precision f32
 run 2 "classify without images" classify -m "$MODEL"
 run 2 "init without -o" init --arch vmoe-fmnist
 

@@ -106,6 +106,36 @@ TEST_CASE("eval JSON round-trips and CSV has fixed columns", "[eval]") {
   CHECK(eval_csv_row(comma).rfind("\"a,b.safetensors\",", 0) == 0);
 }
 
+TEST_CASE("bf16 agreement counts merge as sums and round-trip through JSON and CSV", "[eval][precision]") {
+  EvalResult a = part(0, 2, 10, 5), b = part(1, 2, 30, 20);
+  for (EvalResult* r : {&a, &b}) r->precision = "bf16", r->counts.has_reference = true;
+  a.counts.reference_top1 = 6, a.counts.same_prediction = 9;
+  b.counts.reference_top1 = 19, b.counts.same_prediction = 30;
+  a.counts.layers[0].agreement = {100, 99, 200, 196};
+  b.counts.layers[0].agreement = {300, 300, 600, 600};
+  const EvalResult m = merge_results({a, b});
+  CHECK(m.reference_top1() == Approx(25.0 / 40));
+  CHECK(m.same_prediction() == Approx(39.0 / 40));
+  CHECK(m.same_top1_expert() == Approx(399.0 / 400));  // not (0.99 + 1) / 2
+  CHECK(m.same_kept_decisions() == Approx(796.0 / 800));
+  const nlohmann::json j = eval_to_json(m);
+  CHECK(j["precision"] == "bf16");
+  CHECK(j["same_kept_decisions"].get<double>() == Approx(0.995));
+  CHECK(eval_to_json(eval_from_json(j, "m.json")) == j);
+  const std::string header = eval_csv_header(), row = eval_csv_row(m);
+  CHECK(std::count(header.begin(), header.end(), ',') == std::count(row.begin(), row.end(), ','));
+  CHECK(row.find(",bf16,0.625000,0.975000,0.997500,0.995000") != std::string::npos);
+  CHECK(eval_text(m).find("same first expert 99.75% of tokens, kept/dropped decisions agree 99.500%") != std::string::npos);
+  // Parts with and without the reference, or of different precisions, do not merge.
+  CHECK_THROWS_WITH(merge_results({a, part(1, 2, 30, 20)}), Catch::Contains("precision"));
+  EvalResult f32_ref = b;
+  f32_ref.precision = "f32";
+  CHECK_THROWS_WITH(merge_results({a, f32_ref}), Catch::Contains("precision"));
+  nlohmann::json bad = eval_to_json(a);
+  bad["counts"]["layers"][0]["agreement"]["top1_same"] = 101;
+  CHECK_THROWS_WITH(eval_from_json(bad, "bad.json"), Catch::Contains("bad.json") && Catch::Contains("agreement"));
+}
+
 TEST_CASE("foreground counts merge as sums, not as averaged shares", "[eval][foreground]") {
   EvalResult a = part(0, 2, 10, 5), b = part(1, 2, 30, 20);
   a.counts.foreground_patches = 100;
@@ -138,7 +168,8 @@ TEST_CASE("foreground counts merge as sums, not as averaged shares", "[eval][for
     CHECK_FALSE(merged.counts.has_foreground);
     CHECK(eval_to_json(merged)["foreground_kept_all"].is_null());
     const std::string row = eval_csv_row(merged);
-    CHECK(row.substr(row.size() - 5) == ",,,,,");
+    // The importance columns empty, then the precision and its empty agreement columns.
+    CHECK(row.substr(row.size() - 13) == ",,,,,,f32,,,,");
   }
   SECTION("counts that do not add up are refused") {
     nlohmann::json bad = eval_to_json(a);
