@@ -67,7 +67,7 @@ class ThreadLimit {
 }  // namespace
 
 Engine::Engine(const Model& model, nn::Precision precision)
-    : model_(model), precision_(precision), pack_(precision == nn::Precision::bf16 || std::getenv("VMOE_PACK_F32")) {
+    : model_(model), precision_(precision), pack_(precision == nn::Precision::bf16 || !std::getenv("VMOE_F32_PLAIN")) {
   nn::require_precision(precision);
   const ModelConfig& c = model.config;
   const int64_t D = c.hidden_size;
