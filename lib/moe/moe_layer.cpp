@@ -194,7 +194,11 @@ void run_experts(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, nn:
   const int64_t hidden_rows = equal ? chunk * R : std::max(max_rows, ws.max_expert_rows);
   float* hidden = ws.expert_hidden.reserve((hidden_rows + kExpertRowSlack) * M);
   float* out = ws.expert_out.data();
-  if (!w.bf16) {
+  // Batched bf16 matmuls of few rows were no faster than f32 ones (oneDNN 2.6 brgemm,
+  // 128 experts x 8 rows x 384 x 1536: 10.4 ms bf16, 8.8 ms f32, both packed;
+  // docs/BENCHMARKS.md session 11): such experts (Soft-MoE with one slot per expert and a
+  // small batch) run in f32 also when the engine runs bf16.
+  if (!w.bf16 || (equal && R < kBf16BatchedMinRows)) {
     const ExpertOperands<float> x{ws.expert_in.data(), hidden, out};
     if (equal) return run_experts_batched(x, w, E, D, M, R, chunk, cache);
     return run_experts_one_by_one(x, ws, w, E, D, M, cache);

@@ -118,6 +118,8 @@ constexpr int64_t kExpertBatchHiddenFloats = int64_t{1} << 21, kExpertBatchedBel
 // Experts per batched call when every expert has `rows` rows of hidden size `mlp`, or 0
 // when they run one call pair each (what run_experts does; the engine counts calls by it).
 int64_t batched_expert_chunk(int64_t rows, int64_t mlp, int E);
+// Batched experts with fewer rows than this run in f32 even when the engine runs bf16.
+constexpr int64_t kBf16BatchedMinRows = 32;
 void run_experts(MoeWorkspace& ws, const MoeWeights& w, int E, int D, int M, nn::PrimitiveCache& cache);
 
 // The token routers' dispatch and combine, shared by the engine and training (which
