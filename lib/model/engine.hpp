@@ -84,7 +84,8 @@ class Engine {
   const Model& model_;
   nn::Precision precision_;
   // Kernels reordered once into the matmuls' preferred layouts (nn/packed_weights.hpp):
-  // always with bf16, which needs it to be fast; with f32 when pack_f32_.
+  // always with bf16, which needs it to be fast; with f32 too unless the environment
+  // sets VMOE_F32_PLAIN (an A/B switch for benchmarks, scripts/bench_precision.sh).
   bool pack_ = false;
   nn::PackedWeights packed_weights_;
   std::optional<MoeConfig> routing_;

@@ -96,7 +96,9 @@ Gemm::Gemm(const GemmSpec& s) : spec_(s) {
 std::string Gemm::impl() const { return pd_ ? pd_.impl_info_str() : "none"; }
 
 void Gemm::run(float* c, const float* a, const float* b, const float* bias, int64_t m, int64_t k) const {
+  // Plain float operands only: a packed B must come through run_typed from PackedWeights.
   if (spec_.bf16_inputs || spec_.bf16_output) fail("gemm: a bf16 matmul given float operands");
+  if (spec_.packed_b) fail("gemm: a matmul with packed weights given plain ones");
   run_typed(c, a, b, bias, m, k);
 }
 

@@ -46,9 +46,11 @@ class Gemm {
  public:
   Gemm() = default;
   explicit Gemm(const GemmSpec& spec);
+  // All operands float and plain (throws for a bf16 or packed_b spec).
   void run(float* c, const float* a, const float* b, const float* bias = nullptr, int64_t m = -1,
            int64_t k = -1) const;
-  // Operands of the spec's types (bf16_inputs, bf16_output): uint16_t or float.
+  // Operands of the spec's types (bf16_inputs, bf16_output): uint16_t or float; B in
+  // weights_desc()'s layout when packed_b.
   void run_typed(void* c, const void* a, const void* b, const float* bias = nullptr, int64_t m = -1,
                  int64_t k = -1) const;
   const GemmSpec& spec() const { return spec_; }

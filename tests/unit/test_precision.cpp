@@ -176,6 +176,9 @@ TEST_CASE("packed weights are packed once per source and layout", "[precision][g
   GemmSpec plain;
   plain.m = 4, plain.k = 64, plain.n = 128;
   CHECK_THROWS_AS(packer.get(Gemm(plain), w.data()), vmoe::Error);
+  // Plain floats handed to a packed matmul would be read in the wrong layout: refused.
+  std::vector<float> c(48 * 128), in(48 * 64);
+  CHECK_THROWS_WITH(b.run(c.data(), in.data(), w.data()), Catch::Contains("packed"));
   GemmSpec runtime = s;
   runtime.runtime_m = true, runtime.m = 0;
   CHECK_THROWS_AS(Gemm(runtime), vmoe::Error);  // runtime sizes take only plain layouts
