@@ -6,12 +6,14 @@
 namespace vmoe::nn {
 
 const void* PackedWeights::get(const Gemm& gemm, const float* plain) {
+  const GemmSpec& s = gemm.spec();
+  // Checked before the cache: on some ISAs (AVX2) oneDNN's chosen layout is plain, so a
+  // plain matmul would otherwise find a cached entry and pass unnoticed.
+  if (!s.packed_b) fail("packed weights asked for by a matmul without packed_b");
   const dnnl::memory::desc want = gemm.weights_desc();
   auto& layouts = packed_[plain];
   for (const auto& [desc, memory] : layouts)
     if (desc == want) return memory.get_data_handle();
-  const GemmSpec& s = gemm.spec();
-  if (!s.packed_b) fail("packed weights asked for by a matmul without packed_b");
   using dims = dnnl::memory::dims;
   using tag = dnnl::memory::format_tag;
   const bool batched = s.batch > 1;

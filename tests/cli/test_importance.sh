@@ -32,12 +32,15 @@ PY
   then ok "eval --importance json"; else fail "eval --importance json fields"; fi
 else fail "eval --importance"; fi
 
-# Shards merge to the unsharded importance sums (groups go whole to a shard).
+# Shards merge to the unsharded importance sums (groups go whole to a shard). Batches of
+# one group, as in the shards, so that the single run computes every image with the same
+# matmul shapes (docs/EVAL.md, Sharding: AVX2 rounds rows differently by row count).
+"$VMOE" eval "${common[@]}" --batch 8 --importance --format json > "$WORK/full8.json" || fail "eval --batch 8"
 for i in 0 1; do
-  "$VMOE" eval "${common[@]}" --importance --shard $i/2 --format json > "$WORK/part$i.json" || fail "shard $i"
+  "$VMOE" eval "${common[@]}" --batch 8 --importance --shard $i/2 --format json > "$WORK/part$i.json" || fail "shard $i"
 done
 if "$VMOE" eval --merge "$WORK/part0.json" "$WORK/part1.json" --format json > "$WORK/merged.json" &&
-   $PY - "$WORK/full.json" "$WORK/merged.json" <<'PY'
+   $PY - "$WORK/full8.json" "$WORK/merged.json" <<'PY'
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 for key in ("importance_kept", "importance_kept_all", "importance_kept_oracle", "importance_kept_oracle_all"):

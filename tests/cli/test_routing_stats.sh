@@ -44,7 +44,10 @@ DATA=(--data "$WORK/folder")
 if [[ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]]; then DATA=(--data fashion-mnist:test --limit 45); fi
 
 # One run and 3 shards with statistics, merged (stats directories and eval JSON in a
-# scrambled order), compared byte for byte with the single run.
+# scrambled order), compared byte for byte with the single run. Each batch is one routing
+# group, so every image is computed by the same matmul shapes in the shards as in the
+# single run: oneDNN's AVX2 sgemm rounds a row differently depending on the row count
+# (docs/EVAL.md, Sharding), which would change the low bits of the gate sums.
 check_merge() {
   local name=$1; shift
   "$VMOE" eval "$@" --routing-stats "$WORK/$name-full" --format json > "$WORK/$name-full.json" || { fail "$name: run"; return; }
@@ -65,9 +68,29 @@ check_merge() {
     ok "$name: merge prints the eval summary and the NMI lines" || fail "$name: merge text output"
 }
 
-check_merge topk -m "$WORK/vmoe-fmnist.safetensors" "${DATA[@]}" --batch 8
-check_merge ec -m "$WORK/ec-fmnist.safetensors" "${DATA[@]}" --batch 8 --group-images 2
-check_merge soft -m "$WORK/softmoe-fmnist.safetensors" "${DATA[@]}" --batch 16
+check_merge topk -m "$WORK/vmoe-fmnist.safetensors" "${DATA[@]}" --batch 1
+check_merge ec -m "$WORK/ec-fmnist.safetensors" "${DATA[@]}" --batch 2 --group-images 2
+check_merge soft -m "$WORK/softmoe-fmnist.safetensors" "${DATA[@]}" --batch 1
+
+# Batches of several groups: the shards' batches hold other images than the single run's.
+# Counts must still add up exactly; float sums (gates, soft mass) agree to rounding.
+"$VMOE" eval -m "$WORK/vmoe-fmnist.safetensors" "${DATA[@]}" --batch 8 --routing-stats "$WORK/b8-full" > /dev/null &&
+for i in 0 1 2; do
+  "$VMOE" eval -m "$WORK/vmoe-fmnist.safetensors" "${DATA[@]}" --batch 8 --shard $i/3 --routing-stats "$WORK/b8-$i" \
+    --format json > "$WORK/b8-e$i.json" || break
+done &&
+"$VMOE" eval --merge "$WORK"/b8-{0,1,2} "$WORK"/b8-e{0,1,2}.json --routing-stats "$WORK/b8-merged" > /dev/null &&
+$PY - "$WORK/b8-full/routing_stats.json" "$WORK/b8-merged/routing_stats.json" <<'PY' &&
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+assert a["images"] == b["images"] and len(a["layers"]) == len(b["layers"])
+for la, lb in zip(a["layers"], b["layers"]):
+    for k in ("class_expert", "class_expert_kept", "position_expert", "load", "drops"):
+        assert la[k] == lb[k], (la["layer"], k)
+    for x, y in zip(la["gate_sum"], lb["gate_sum"]):
+        assert abs(x - y) <= 1e-5 * max(abs(x), 1), (la["layer"], x, y)
+PY
+ok "batch 8: 3 shards merged: counts exact, gate sums within 1e-5" || fail "batch 8: merged statistics differ from one run"
 
 # The files and what they must hold.
 $PY - "$WORK/topk-full" "$WORK/ec-full" "$WORK/soft-full" <<'PY' && ok "JSON fields, sums and CSVs agree" || fail "JSON/CSV contents"
