@@ -26,6 +26,25 @@ void gelu_forward(float* a, float* slope, const float* u, int64_t count) {
   }
 }
 
+// The same forward value without the slope: a = u e / (e + 1).
+void gelu_tanh_inplace(float* x, int64_t rows, int64_t cols, int64_t ld) {
+  constexpr float kC = 0.7978845608028654f;
+  constexpr float kA = 0.044715f;
+#pragma omp parallel for schedule(static) if (rows * cols > 4096)
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = x + r * ld;
+#pragma omp simd
+    for (int64_t i = 0; i < cols; ++i) {
+      const float u = row[i];
+      float s = kC * (u + kA * u * u * u);
+      s = s < -43.0f ? -43.0f : s;
+      s = s > 43.0f ? 43.0f : s;
+      const float e = exp_bounded(2.0f * s);
+      row[i] = u * (e / (e + 1.0f));
+    }
+  }
+}
+
 void gelu_backward(float* du, const float* da, const float* slope, int64_t count) {
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < count; ++i) du[i] = da[i] * slope[i];

@@ -65,6 +65,7 @@ class Gemm {
   dnnl::matmul primitive_;
   dnnl::memory::desc a_md_, b_md_, c_md_, bias_md_;
   int bias_post_op_ = -1;  // index of the binary post-op that adds a per-batch bias
+  bool gelu_after_ = false;  // tanh GELU by our own pass after the matmul, not a post-op
 };
 
 }  // namespace vmoe::nn

@@ -35,6 +35,8 @@ std::string effective_isa_name() {
   return "generic";
 }
 
+bool avx512_core() { return isa_includes(dnnl::get_effective_cpu_isa(), dnnl::cpu_isa::avx512_core); }
+
 bool native_bf16() { return isa_includes(dnnl::get_effective_cpu_isa(), dnnl::cpu_isa::avx512_core_bf16); }
 
 void require_precision(Precision p) {

@@ -20,6 +20,8 @@ std::string effective_isa_name();
 // True when oneDNN may use native bf16 instructions on this CPU (avx512_core_bf16 or
 // AMX); honours ONEDNN_MAX_CPU_ISA. Without them oneDNN 2.6 emulates bf16, slower than f32.
 bool native_bf16();
+// True when oneDNN may use AVX-512 (avx512_core or better); honours ONEDNN_MAX_CPU_ISA.
+bool avx512_core();
 // Throws a one-line vmoe::Error when bf16 was asked for on a CPU without native bf16.
 void require_precision(Precision p);
 

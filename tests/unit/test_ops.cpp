@@ -478,6 +478,37 @@ TEST_CASE("gelu_forward and gelu_backward match naive", "[ops][gelu]") {
   }
 }
 
+// The inference pass that replaces oneDNN's gelu_tanh post-op below AVX-512: the same
+// bound as gelu_forward's value, on strided rows whose padding must stay untouched.
+TEST_CASE("gelu_tanh_inplace matches naive GELU and leaves the row padding alone", "[ops][gelu]") {
+  const int64_t rows = GENERATE(1, 3, 64, 130);
+  const int64_t cols = GENERATE(1, 7, 8, 96, 385);
+  const int64_t ld = cols + GENERATE(0, 5);
+  const float spread = GENERATE(1.0f, 30.0f);
+  auto x = testutil::random_normal(rows * ld, 23 + rows + cols, spread, 0.0f);
+  if (rows * cols >= 481)
+    for (int64_t i = 0; i < 481; ++i) x[(i / cols) * ld + i % cols] = -12.0f + 0.05f * static_cast<float>(i);
+  const std::vector<float> before = x;
+  vmoe::nn::gelu_tanh_inplace(x.data(), rows, cols, ld);
+  INFO("rows " << rows << " cols " << cols << " ld " << ld << " spread " << spread);
+  const double c = std::sqrt(2.0 / M_PI);
+  int bad = 0, touched = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < ld; ++j) {
+      const int64_t i = r * ld + j;
+      if (j >= cols) {
+        touched += x[i] != before[i];
+        continue;
+      }
+      const double u = before[i];
+      const double amp = 1.0 + std::fabs(u * 2.0 * c * (1.0 + 3.0 * 0.044715 * u * u));
+      const double ref = naive::gelu_tanh(u);
+      bad += !(std::fabs(x[i] - ref) <= 8 * kUnit * amp * std::fabs(ref) + 1e-30);
+    }
+  CHECK(bad == 0);
+  CHECK(touched == 0);
+}
+
 // Attention: a score's error is at most gamma_Dh * sum|q_d k_d| / sqrt(Dh) <=
 // (Dh + 2) u Dh max|x|^2 / sqrt(Dh); exp and the row sum add (T + 8) u relative (as for
 // Softmax), and since exp turns an absolute score error into a relative probability error,
