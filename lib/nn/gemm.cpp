@@ -107,7 +107,10 @@ Gemm::Gemm(const GemmSpec& s) : spec_(s) {
                    impl());
 }
 
-std::string Gemm::impl() const { return pd_ ? pd_.impl_info_str() : "none"; }
+std::string Gemm::impl() const {
+  if (!pd_) return "none";
+  return gelu_after_ ? std::string(pd_.impl_info_str()) + " + vmoe gelu_tanh pass" : std::string(pd_.impl_info_str());
+}
 
 void Gemm::run(float* c, const float* a, const float* b, const float* bias, int64_t m, int64_t k) const {
   // Plain float operands only: a packed B must come through run_typed from PackedWeights.
