@@ -143,9 +143,14 @@ void Gemm::run_typed(void* c, const void* a, const void* b, const float* bias, i
   primitive_.execute(ctx.stream, args);
   ctx.stream.wait();
   if (gelu_after_) {
+    // Batches laid out back to back are one pass (one parallel region, not one per batch).
     const int64_t rows = s.runtime_m ? m : s.m;
-    for (int64_t b = 0; b < s.batch; ++b)
-      gelu_tanh_inplace(static_cast<float*>(c) + b * s.batch_stride_c, rows, s.n, s.ldc);
+    if (s.batch == 1 || s.batch_stride_c == rows * s.ldc) {
+      gelu_tanh_inplace(static_cast<float*>(c), rows * s.batch, s.n, s.ldc);
+    } else {
+      for (int64_t b = 0; b < s.batch; ++b)
+        gelu_tanh_inplace(static_cast<float*>(c) + b * s.batch_stride_c, rows, s.n, s.ldc);
+    }
   }
 }
 
