@@ -79,6 +79,7 @@ void DenseGateRouter::train_entry_grads(MoeTrainLayer& L, GateTrainState& s, con
     const float* out = L.expert_out.data() + en.row * D;
     float* dout = L.d_expert_out.data() + en.row * D;
     double dot = 0;
+#pragma omp simd reduction(+ : dot)
     for (int64_t d = 0; d < D; ++d) {
       dout[d] = en.weight * dyn[d];
       dot += double{dyn[d]} * out[d];
@@ -98,6 +99,7 @@ void DenseGateRouter::train_gather_input_grads(const MoeTrainLayer& L, float* dh
     std::fill(dhn, dhn + D, 0.0f);
     for (int64_t j = plan.token_begin[n]; j < plan.token_begin[n + 1]; ++j) {
       const float* din = L.d_expert_in.data() + plan.entries[plan.by_token[j]].row * D;
+#pragma omp simd
       for (int64_t d = 0; d < D; ++d) dhn[d] += din[d];
     }
   }

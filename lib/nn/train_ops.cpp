@@ -77,7 +77,9 @@ void SoftmaxBackward::run(float* dx, const float* dy, const float* y) const {
     const float* dyr = dy + r * C;
     float* dxr = dx + r * C;
     float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
     for (int64_t c = 0; c < C; ++c) dot += dyr[c] * yr[c];
+#pragma omp simd
     for (int64_t c = 0; c < C; ++c) dxr[c] = yr[c] * (dyr[c] - dot);
   }
 }
