@@ -11,8 +11,11 @@
 // skipped, and the test requires that most samples were checked.
 #include <catch2/catch.hpp>
 
+#include <omp.h>
+
 #include <cmath>
 #include <random>
+#include <vector>
 
 #include "model/architectures.hpp"
 #include "model/engine.hpp"
@@ -267,4 +270,48 @@ TEST_CASE("a tiny V-MoE over-fits one fixed batch", "[train]") {
   const auto slow = nn::reference_primitives();
   for (const auto& s : slow) UNSCOPED_INFO("reference kernel: " << s);
   CHECK(slow.empty());
+}
+
+// The clip norm is summed in fixed blocks and then in block order (train/optimizer.cpp):
+// the same bits on 1 and 2 threads, within float-sum rounding of a long-double reference,
+// and the scaled gradients' norm is the limit. AdamW is elementwise: the same bits too.
+TEST_CASE("clip_grad_norm and AdamW give the same bits on 1 and 2 threads", "[train]") {
+  const ModelConfig c = find_architecture("vmoe-fmnist").config;  // ~2.2 M values: many blocks
+  const int saved = omp_get_max_threads();
+  auto random_grads = [&] {
+    VitParams g = allocate_params(c);
+    std::mt19937_64 rng(21);
+    std::normal_distribution<float> normal(0.0f, 0.01f);
+    for (ParamSlot& s : param_slots(g, c))
+      for (int64_t j = 0; j < s.tensor->numel(); ++j) (*s.tensor)[j] = normal(rng);
+    return g;
+  };
+  long double reference = 0;
+  {
+    VitParams g = random_grads();
+    for (ParamSlot& s : param_slots(g, c))
+      for (int64_t j = 0; j < s.tensor->numel(); ++j) reference += static_cast<long double>((*s.tensor)[j]) * (*s.tensor)[j];
+  }
+  double norms[2];
+  std::vector<std::vector<float>> params_after[2];
+  for (int threads : {1, 2}) {
+    omp_set_num_threads(threads);
+    VitParams g = random_grads();
+    Model m = init_model(c, 4);
+    AdamW optimizer(c, AdamWConfig{});
+    norms[threads - 1] = clip_grad_norm(g, c, 1.0);
+    optimizer.step(m.params, g, 1e-3f);
+    optimizer.step(m.params, g, 1e-3f);
+    double clipped = 0;
+    for (ParamSlot& s : param_slots(g, c))
+      for (int64_t j = 0; j < s.tensor->numel(); ++j) clipped += double{(*s.tensor)[j]} * (*s.tensor)[j];
+    CHECK(std::sqrt(clipped) == Approx(1.0).epsilon(1e-5));
+    for (ParamSlot& s : param_slots(m.params, c)) params_after[threads - 1].emplace_back(s.tensor->data(), s.tensor->data() + s.tensor->numel());
+  }
+  omp_set_num_threads(saved);
+  INFO("norms " << norms[0] << " " << norms[1] << " reference " << std::sqrt(static_cast<double>(reference)));
+  CHECK(norms[0] > 1.0);  // so the clip above scaled
+  CHECK(norms[0] == norms[1]);
+  CHECK(norms[0] == Approx(std::sqrt(static_cast<double>(reference))).epsilon(1e-12));
+  CHECK(params_after[0] == params_after[1]);
 }
