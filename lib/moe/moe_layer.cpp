@@ -105,8 +105,12 @@ static int64_t fixed_expert_rows(int64_t rows, int64_t D, bool bf16) {
 // not the arithmetic, was what the layer paid for. From kExpertBatchedBelowRows rows the
 // per-expert calls (fixed-shape where that pays) were as fast or faster (softmoe-fmnist
 // at batch 128-256: 2518-3101 images/s batched, 2730-3141 per expert; docs/BENCHMARKS.md).
+// That was AVX-512 (brgemm). Below it every matmul is gemm:jit, and the batched call was
+// 1.06-1.17x the per-expert ones at 80-320 rows, level at 640-1280 (softmoe-fmnist at
+// batch 16-256 on AVX2, docs/BENCHMARKS.md session 14): there the bound is 512 rows.
 int64_t batched_expert_chunk(int64_t rows, int64_t mlp, int E) {
-  if (rows <= 0 || rows >= kExpertBatchedBelowRows) return 0;
+  static const int64_t below = nn::avx512_core() ? kExpertBatchedBelowRows : kExpertBatchedBelowRowsAvx2;
+  if (rows <= 0 || rows >= below) return 0;
   return std::clamp<int64_t>(kExpertBatchHiddenFloats / (rows * mlp), 1, E);
 }
 

@@ -111,10 +111,12 @@ void plan_rows(MoeWorkspace& ws, const std::vector<int64_t>& load, size_t G, int
 // output buffers keep kExpertRowSlack rows beyond the last expert's.
 constexpr int64_t kExpertRowQuantum = 16, kExpertRowsFixedFrom = 64, kExpertRowSlack = kExpertRowQuantum;
 constexpr int64_t kExpertFixedMaxHidden = 256;
-// Experts that all have the same R < kExpertBatchedBelowRows rows, one after the other
-// (Soft-MoE), run batched instead, as many at a time as keep their hidden activations
-// under kExpertBatchHiddenFloats floats.
-constexpr int64_t kExpertBatchHiddenFloats = int64_t{1} << 21, kExpertBatchedBelowRows = 64;
+// Experts that all have the same R rows, one after the other (Soft-MoE), run batched
+// instead when R is below kExpertBatchedBelowRows (AVX-512) or
+// kExpertBatchedBelowRowsAvx2 (below it), as many at a time as keep their hidden
+// activations under kExpertBatchHiddenFloats floats.
+constexpr int64_t kExpertBatchHiddenFloats = int64_t{1} << 21, kExpertBatchedBelowRows = 64,
+                  kExpertBatchedBelowRowsAvx2 = 512;
 // Experts per batched call when every expert has `rows` rows of hidden size `mlp`, or 0
 // when they run one call pair each (what run_experts does; the engine counts calls by it).
 int64_t batched_expert_chunk(int64_t rows, int64_t mlp, int E);
