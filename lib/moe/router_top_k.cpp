@@ -244,6 +244,10 @@ struct TopKTrainState : GateTrainState {
   }
   Tensor scores, dscores;  // (N) learned priority scorer output s and dL/ds
   Tensor select;  // (N, E) noisy logits + balance bias (balance "bias" only)
+  // The load loss's forward terms, which its backward reads (with noise only):
+  std::vector<double> load_z;  // (N, E) z = (k-th best noisy logit - clean logit) / sigma
+  std::vector<int> kth;  // (N) index of each token's k-th best noisy logit
+  std::vector<double> group_load;  // (G, E) per group, per expert: mean P(selected)
 };
 
 class TopKRouter final : public DenseGateRouter {
@@ -451,7 +455,7 @@ class TopKRouter final : public DenseGateRouter {
   // of being selected under re-sampled noise, P(noisy logit beats the k-th best) =
   // 1 - Phi((threshold - clean logit) / sigma); per group, averaged over groups. The
   // learned scorer's penalty term is its mean output scale.
-  static void aux_losses(MoeTrainLayer& L, const TopKTrainState& s) {
+  static void aux_losses(MoeTrainLayer& L, TopKTrainState& s) {
     const MoeConfig& m = L.moe;
     L.aux = {};
     if (m.priority == Priority::learned) {
@@ -465,22 +469,31 @@ class TopKRouter final : public DenseGateRouter {
     // same bits whatever the thread count).
     const int64_t G = static_cast<int64_t>(L.groups.size());
     std::vector<double> importance_terms(G), load_terms(G);
+    if (sigma > 0) {
+      s.load_z.resize(L.shape.tokens * E);
+      s.kth.resize(L.shape.tokens);
+      s.group_load.assign(G * E, 0.0);
+    }
 #pragma omp parallel for schedule(static)
     for (int64_t gi = 0; gi < G; ++gi) {
       const Group& g = L.groups[gi];
-      std::vector<double> importance(E, 0.0), load(E, 0.0);
+      std::vector<double> importance(E, 0.0);
+      double* load = sigma > 0 ? s.group_load.data() + gi * E : nullptr;
       for (int64_t n = g.first; n < g.first + g.size; ++n) {
         const float* gate = s.gates.data() + n * E;
         for (int e = 0; e < E; ++e) importance[e] += gate[e];
         if (sigma > 0) {
           const float* noisy = s.noisy_logits.data() + n * E;
-          const double threshold = noisy[kth_largest(noisy, E, m.k)];
-          for (int e = 0; e < E; ++e)
-            load[e] += 0.5 * std::erfc((threshold - s.clean_logits[n * E + e]) / sigma / std::sqrt(2.0)) / g.size;
+          s.kth[n] = kth_largest(noisy, E, m.k);
+          const double threshold = noisy[s.kth[n]];
+          for (int e = 0; e < E; ++e) {
+            const double z = s.load_z[n * E + e] = (threshold - s.clean_logits[n * E + e]) / sigma;
+            load[e] += 0.5 * std::erfc(z / std::sqrt(2.0)) / g.size;
+          }
         }
       }
       importance_terms[gi] = cv_squared(importance, nullptr);
-      load_terms[gi] = sigma > 0 ? cv_squared(load, nullptr) : 0.0;
+      load_terms[gi] = sigma > 0 ? cv_squared(std::vector<double>(load, load + E), nullptr) : 0.0;
     }
     for (int64_t gi = 0; gi < G; ++gi) {
       L.aux.importance += importance_terms[gi] / G;
@@ -531,7 +544,8 @@ class TopKRouter final : public DenseGateRouter {
 
   // The load loss's gradient on the logits: d load_e / d clean logit_e = -pdf(z) / (sigma S),
   // and the k-th best noisy logit (the threshold) gets the opposite. `weight` is the
-  // loss weight over the number of groups.
+  // loss weight over the number of groups. z, the k-th index and the group's load are the
+  // forward's (aux_losses).
   static void load_backward(const MoeTrainLayer& L, TopKTrainState& s, double weight, double sigma) {
     const int E = L.moe.num_experts;
     const int64_t G = static_cast<int64_t>(L.groups.size());
@@ -540,27 +554,14 @@ class TopKRouter final : public DenseGateRouter {
     for (int64_t gi = 0; gi < G; ++gi) {
       const Group& grp = L.groups[gi];
       const int64_t S = grp.size;
-      std::vector<double> load(E, 0.0), grad;
-      std::vector<double> z(S * E);
-      std::vector<int> kth(S);
-      for (int64_t t = 0; t < S; ++t) {
-        const int64_t n = grp.first + t;
-        const float* noisy = s.noisy_logits.data() + n * E;
-        kth[t] = kth_largest(noisy, E, L.moe.k);
+      std::vector<double> grad;
+      cv_squared(std::vector<double>(s.group_load.begin() + gi * E, s.group_load.begin() + (gi + 1) * E), &grad);
+      for (int64_t n = grp.first; n < grp.first + S; ++n)
         for (int e = 0; e < E; ++e) {
-          z[t * E + e] = (noisy[kth[t]] - s.clean_logits[n * E + e]) / sigma;
-          load[e] += 0.5 * std::erfc(z[t * E + e] / std::sqrt(2.0)) / S;
-        }
-      }
-      cv_squared(load, &grad);
-      for (int64_t t = 0; t < S; ++t) {
-        const int64_t n = grp.first + t;
-        for (int e = 0; e < E; ++e) {
-          const double c = weight * grad[e] / S * normal_pdf(z[t * E + e]) / sigma;
+          const double c = weight * grad[e] / S * normal_pdf(s.load_z[n * E + e]) / sigma;
           s.dlogits[n * E + e] += static_cast<float>(c);
-          s.dlogits[n * E + kth[t]] -= static_cast<float>(c);
+          s.dlogits[n * E + s.kth[n]] -= static_cast<float>(c);
         }
-      }
     }
   }
 };
