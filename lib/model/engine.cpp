@@ -170,7 +170,7 @@ void Engine::block(float* x, int i, int B, MoeLayerTrace* trace, StageTimes* tim
     linear(qkv_spec, qkv, h, packed_[i].qkv_kernel.data(), packed_[i].qkv_bias.data());
     float* attn = attn_.reserve(N * D);
     float* workspace = scores_.reserve(nn::attention_workspace_floats(B, T, H, D / H, /*keep_probs=*/false));
-    nn::attention_forward(attn, workspace, qkv, B, T, H, D / H, cache_);
+    nn::attention_forward(attn, workspace, qkv, B, T, H, D / H);
     GemmSpec out_spec;  // x += attn @ out_kernel + out_bias
     out_spec.m = N, out_spec.k = D, out_spec.n = D, out_spec.bias = true, out_spec.beta = 1.0f;
     linear(out_spec, x, attn, b.out_kernel.data(), b.out_bias.data());

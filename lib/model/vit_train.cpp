@@ -57,8 +57,7 @@ TrainGraph::TrainGraph(const ModelConfig& c, int batch)
       NP_(c.num_patches()),
       patch_len_(int64_t{c.patch_h} * c.patch_w * c.image.channels),
       pooled_(c.pooled_size()),
-      norm_(N_, D_, static_cast<float>(c.layer_norm_eps)),
-      attn_softmax_backward_(int64_t{batch} * H_ * T_, T_) {
+      norm_(N_, D_, static_cast<float>(c.layer_norm_eps)) {
   if (batch <= 0) fail("training batch must be positive, got {}", batch);
   c.validate();
   if (c.representation_size) tanh_ = std::make_unique<nn::TanhTrain>(int64_t{batch} * pooled_);
@@ -91,9 +90,9 @@ TrainGraph::TrainGraph(const ModelConfig& c, int batch)
   features_ = Tensor({int64_t{batch}, pooled_});
   logits_ = Tensor({int64_t{batch}, c.num_classes});
   probs_ = Tensor({int64_t{batch}, c.num_classes});
+  dprobs_ = Tensor({nn::attention_backward_workspace_floats(batch, T_, H_)});
   for (Tensor* t : {&dx_, &dtmp_, &dh_, &dattn_}) *t = Tensor({N_, D_});
   dqkv_ = Tensor({N_, 3 * D_});
-  dprobs_ = Tensor({2, int64_t{batch}, H_, T_, T_});
   du_ = Tensor({N_, M_});
   da_ = Tensor({N_, M_});
   dpooled_ = Tensor({int64_t{batch}, D_});
@@ -130,7 +129,7 @@ void TrainGraph::block_forward(int l, const BlockParams& p, float* x_out, std::m
   std::optional<ScopedStage> attention(std::in_place, t, &StageTimes::attention);
   pack_qkv(qkv_kernel_.data(), qkv_bias_.data(), p, D);
   linear(a.qkv.data(), a.h0.data(), qkv_kernel_.data(), qkv_bias_.data(), N, D, 3 * D, cache_);
-  nn::attention_forward(a.attn.data(), a.probs.data(), a.qkv.data(), B_, T_, H_, Dh_, cache_, /*keep_probs=*/true);
+  nn::attention_forward(a.attn.data(), a.probs.data(), a.qkv.data(), B_, T_, H_, Dh_, /*keep_probs=*/true);
   std::memcpy(a.x_mid.data(), a.x_in.data(), sizeof(float) * N * D);
   GemmSpec out;
   out.m = N, out.k = D, out.n = D, out.bias = true, out.beta = 1.0f;
@@ -266,33 +265,8 @@ void TrainGraph::block_backward(int l, const BlockParams& p, BlockParams& g, flo
   accumulate_weight_grad(g.out_kernel.data(), a.attn.data(), dx, N, D, D, cache_);
   accumulate_bias_grad(g.out_bias.data(), dx, N, D, ones_.data(), ones_.numel(), cache_);
   input_grad(dattn_.data(), dx, p.out_kernel.data(), N, D, D, 0.0f, cache_);
-  // Attention, per image and head: O = P V, P = softmax(s Q K^T), s = 1/sqrt(Dh).
-  //   dP = dO V^T, dV = P^T dO, dS = softmax_bwd(dP), dQ = s dS K, dK = s dS^T Q
-  const float s = 1.0f / std::sqrt(static_cast<float>(Dh));
-  const int64_t img_qkv = T * 3 * D, img_probs = H * T * T, img_out = T * D;  // per-image strides
-  GemmSpec dp;
-  dp.outer = B_, dp.outer_stride_a = img_out, dp.outer_stride_b = img_qkv, dp.outer_stride_c = img_probs;
-  dp.batch = H, dp.m = T, dp.k = Dh, dp.n = T, dp.lda = D, dp.batch_stride_a = Dh;
-  dp.trans_b = true, dp.ldb = 3 * D, dp.batch_stride_b = Dh, dp.batch_stride_c = T * T;
-  GemmSpec dv;
-  dv.outer = B_, dv.outer_stride_a = img_probs, dv.outer_stride_b = img_out, dv.outer_stride_c = img_qkv;
-  dv.batch = H, dv.m = T, dv.k = T, dv.n = Dh, dv.trans_a = true, dv.lda = T, dv.batch_stride_a = T * T;
-  dv.ldb = D, dv.batch_stride_b = Dh, dv.ldc = 3 * D, dv.batch_stride_c = Dh;
-  GemmSpec dq;
-  dq.outer = B_, dq.outer_stride_a = img_probs, dq.outer_stride_b = img_qkv, dq.outer_stride_c = img_qkv;
-  dq.batch = H, dq.m = T, dq.k = T, dq.n = Dh, dq.batch_stride_a = T * T, dq.ldb = 3 * D, dq.batch_stride_b = Dh;
-  dq.ldc = 3 * D, dq.batch_stride_c = Dh, dq.alpha = s;
-  GemmSpec dk = dq;
-  dk.trans_a = true, dk.lda = T;
-  float* dP = dprobs_.data();
-  float* dS = dprobs_.data() + B_ * H * T * T;
-  const float* qkv = a.qkv.data();
-  float* dqkv = dqkv_.data();
-  cache_.gemm(dp).run(dP, dattn_.data(), qkv + 2 * D);
-  cache_.gemm(dv).run(dqkv + 2 * D, a.probs.data(), dattn_.data());
-  attn_softmax_backward_.run(dS, dP, a.probs.data());
-  cache_.gemm(dq).run(dqkv, dS, qkv + D);
-  cache_.gemm(dk).run(dqkv + D, dS, qkv);
+  nn::attention_backward(dqkv_.data(), dprobs_.data(), dattn_.data(), a.probs.data(), a.qkv.data(), B_, T, H, Dh,
+                         cache_);
   // qkv = h0 @ Wqkv + bqkv
   pack_qkv(qkv_kernel_.data(), qkv_bias_.data(), p, D);
   dqkv_kernel_.fill(0.0f);

@@ -78,7 +78,6 @@ class TrainGraph {
   int64_t N_, T_, D_, H_, Dh_, M_, NP_, patch_len_, pooled_;
   nn::PrimitiveCache cache_;
   nn::LayerNormTrain norm_;
-  nn::SoftmaxBackward attn_softmax_backward_;
   std::unique_ptr<nn::TanhTrain> tanh_;
   std::vector<BlockActs> acts_;
   Tensor qkv_kernel_, qkv_bias_, dqkv_kernel_, dqkv_bias_;  // packed (D, 3D), (3D), per step

@@ -6,9 +6,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <vector>
 
 #include "nn/exp_bounded.hpp"
-#include "nn/softmax_rows.hpp"
+#include "nn/train_ops.hpp"
 
 namespace vmoe::nn {
 
@@ -218,12 +219,31 @@ void transpose_keys(float* kt, int64_t Tp, const float* k, int64_t ld, int64_t T
   }
 }
 
+// row[c, c + 8) = x, or only its columns below Dh: the lanes past the last, partial
+// register of a head's row are the next head's.
+inline void store_head_columns(float* row, int64_t c, int64_t Dh, __m256 x) {
+  if (c + kLanes <= Dh)
+    _mm256_storeu_ps(row + c, x);
+  else
+    _mm256_maskstore_ps(row + c, _mm256_castps_si256(first_lanes(Dh - c)), x);
+}
+
+// dst (T, Dhp) = src (T, Dh) with src's rows at stride ld, columns Dh..Dhp zero.
+void pack_rows(float* dst, int64_t Dhp, const float* src, int64_t ld, int64_t T, int64_t Dh) {
+  for (int64_t j = 0; j < T; ++j) {
+    std::copy(src + j * ld, src + j * ld + Dh, dst + j * Dhp);
+    std::fill(dst + j * Dhp + Dh, dst + (j + 1) * Dhp, 0.0f);
+  }
+}
+
 // R query rows of one (image, head): scores p (R, Tp) = Q K^T / sqrt(Dh) from q (R, Dh)
 // (row stride ld) and kt (Dh, Tp); exp and row sums in place; o (R, Dh) (row stride ldo)
 // = P V / row sum, V (T, Dhp) with row stride ldv. wide: AVX-512 matmul tiles.
+// With probs (training), the tile's probabilities are also written there, (R, T) at row
+// stride T, and o = P V from those normalised rows.
 template <int R>
 void attend_tile(bool wide, float* o, int64_t ldo, const float* q, int64_t ld, const float* kt, const float* v,
-                 int64_t ldv, float* p, int64_t T, int64_t Tp, int64_t Dh, int64_t Dhp) {
+                 int64_t ldv, float* p, int64_t T, int64_t Tp, int64_t Dh, int64_t Dhp, float* probs) {
   const __m256 scale = _mm256_set1_ps(1.0f / std::sqrt(static_cast<float>(Dh)));
   auto store_score = [&](int r, int64_t c, __m256 x) { _mm256_storeu_ps(p + r * Tp + c, _mm256_mul_ps(x, scale)); };
   if (wide)
@@ -232,12 +252,16 @@ void attend_tile(bool wide, float* o, int64_t ldo, const float* q, int64_t ld, c
     rows_times<R>(q, ld, kt, Tp, Dh, Tp, store_score);
   float inv_sum[R];
   exp_rows_minus_max<R>(p, Tp, T, inv_sum);
+  if (probs)
+    for (int r = 0; r < R; ++r) {
+      const __m256 inv = _mm256_set1_ps(inv_sum[r]);
+      for (int64_t j = 0; j < Tp; j += kLanes)
+        _mm256_storeu_ps(p + r * Tp + j, _mm256_mul_ps(_mm256_loadu_ps(p + r * Tp + j), inv));
+      std::copy(p + r * Tp, p + r * Tp + T, probs + r * T);
+      inv_sum[r] = 1.0f;
+    }
   auto store_out = [&](int r, int64_t c, __m256 x) {
-    x = _mm256_mul_ps(x, _mm256_set1_ps(inv_sum[r]));
-    if (c + kLanes <= Dh)
-      _mm256_storeu_ps(o + r * ldo + c, x);
-    else  // the last, partial register of a row: its other lanes are the next head's
-      _mm256_maskstore_ps(o + r * ldo + c, _mm256_castps_si256(first_lanes(Dh - c)), x);
+    store_head_columns(o + r * ldo, c, Dh, _mm256_mul_ps(x, _mm256_set1_ps(inv_sum[r])));
   };
   if (wide)
     rows_times16<R>(p, Tp, v, ldv, T, Dhp, store_out);
@@ -249,8 +273,9 @@ void attend_tile(bool wide, float* o, int64_t ldo, const float* q, int64_t ld, c
 //   out[b*T + i, h*Dh : (h+1)*Dh] = softmax_j(q_i . k_j / sqrt(Dh)) V     for i in [i0, i1)
 // K transposed and V packed into scratch once, then
 // tiles of kRows query rows.
-void attend_rows(bool wide, float* out, const float* qkv, int64_t b, int64_t h, int64_t i0, int64_t i1, int64_t B,
-                 int64_t T, int64_t H, int64_t Dh, const FusedScratch& s, float* scratch) {
+// With probs (training: this pair's (T, T) probabilities), they are written there too.
+void attend_rows(bool wide, float* out, float* probs, const float* qkv, int64_t b, int64_t h, int64_t i0, int64_t i1,
+                 int64_t B, int64_t T, int64_t H, int64_t Dh, const FusedScratch& s, float* scratch) {
   const int64_t D = H * Dh, ld = 3 * D, Tp = s.Tp;
   const float* q = qkv + b * T * ld + h * Dh;  // (T, Dh) with row stride ld, as are k and v
   const float* k = q + D;
@@ -259,10 +284,7 @@ void attend_rows(bool wide, float* out, const float* qkv, int64_t b, int64_t h, 
   float* vp = kt + s.kt_floats;
   float* p = vp + s.vp_floats;
   transpose_keys(kt, Tp, k, ld, T, Dh);
-  for (int64_t j = 0; j < T; ++j) {
-    std::copy(v + j * ld, v + j * ld + Dh, vp + j * s.Dhp);
-    std::fill(vp + j * s.Dhp + Dh, vp + (j + 1) * s.Dhp, 0.0f);
-  }
+  pack_rows(vp, s.Dhp, v, ld, T, Dh);
   // The same head's rows of the next image come H pairs later: the thread's pairs are
   // contiguous (static schedule). Prefetching them while this pair computes hides the
   // memory latency that otherwise dominates large batches, whose qkv is far beyond L2.
@@ -275,36 +297,14 @@ void attend_rows(bool wide, float* out, const float* qkv, int64_t b, int64_t h, 
         for (int64_t c = 0; c < 3 * D; c += D)
           for (int64_t d = 0; d < Dh + 16; d += 16)
             _mm_prefetch(reinterpret_cast<const char*>(next + r * ld + c + std::min(d, Dh - 1)), _MM_HINT_T0);
+    float* pi = probs ? probs + i * T : nullptr;
     switch (std::min<int64_t>(kRows, i1 - i)) {
-      case 4: attend_tile<4>(wide, o, D, qi, ld, kt, vp, s.Dhp, p, T, Tp, Dh, s.Dhp); break;
-      case 3: attend_tile<3>(wide, o, D, qi, ld, kt, vp, s.Dhp, p, T, Tp, Dh, s.Dhp); break;
-      case 2: attend_tile<2>(wide, o, D, qi, ld, kt, vp, s.Dhp, p, T, Tp, Dh, s.Dhp); break;
-      default: attend_tile<1>(wide, o, D, qi, ld, kt, vp, s.Dhp, p, T, Tp, Dh, s.Dhp); break;
+      case 4: attend_tile<4>(wide, o, D, qi, ld, kt, vp, s.Dhp, p, T, Tp, Dh, s.Dhp, pi); break;
+      case 3: attend_tile<3>(wide, o, D, qi, ld, kt, vp, s.Dhp, p, T, Tp, Dh, s.Dhp, pi); break;
+      case 2: attend_tile<2>(wide, o, D, qi, ld, kt, vp, s.Dhp, p, T, Tp, Dh, s.Dhp, pi); break;
+      default: attend_tile<1>(wide, o, D, qi, ld, kt, vp, s.Dhp, p, T, Tp, Dh, s.Dhp, pi); break;
     }
   }
-}
-
-// Training: oneDNN batched matmuls over images (outer) and heads (batch) at once, the
-// probabilities (B, H, T, T) kept in `probs`.
-void attention_keep_probs(float* out, float* probs, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Dh,
-                          PrimitiveCache& cache) {
-  const int64_t D = H * Dh;
-  GemmSpec qk;  // scores (T, T) = Q (T, Dh) @ K^T, K stored (T, Dh) with row stride 3D
-  qk.outer = B, qk.outer_stride_a = qk.outer_stride_b = T * 3 * D, qk.outer_stride_c = H * T * T;
-  qk.batch = H, qk.m = T, qk.k = Dh, qk.n = T;
-  qk.lda = 3 * D, qk.batch_stride_a = Dh;
-  qk.trans_b = true, qk.ldb = 3 * D, qk.batch_stride_b = Dh;
-  qk.batch_stride_c = T * T;
-  qk.alpha = 1.0f / std::sqrt(static_cast<float>(Dh));
-  GemmSpec pv;  // out (T, Dh) = P (T, T) @ V (T, Dh), written into its head's columns
-  pv.outer = B, pv.outer_stride_a = H * T * T, pv.outer_stride_b = T * 3 * D, pv.outer_stride_c = T * D;
-  pv.batch = H, pv.m = T, pv.k = T, pv.n = Dh;
-  pv.batch_stride_a = T * T;
-  pv.ldb = 3 * D, pv.batch_stride_b = Dh;
-  pv.ldc = D, pv.batch_stride_c = Dh;
-  cache.gemm(qk).run(probs, qkv, qkv + D);
-  softmax_rows(probs, probs, B * H * T, T);
-  cache.gemm(pv).run(out, probs, qkv + 2 * D);
 }
 
 }  // namespace
@@ -317,8 +317,7 @@ int64_t attention_workspace_floats(int64_t B, int64_t T, int64_t H, int64_t Dh, 
 }
 
 void attention_forward(float* out, float* scores, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Dh,
-                       PrimitiveCache& cache, bool keep_probs) {
-  if (keep_probs) return attention_keep_probs(out, scores, qkv, B, T, H, Dh, cache);
+                       bool keep_probs) {
   static const bool cpu_has_avx512 = __builtin_cpu_supports("avx512f");
   const bool wide = cpu_has_avx512 && allow_avx512.load(std::memory_order_relaxed);
   const FusedScratch s(T, Dh);
@@ -328,12 +327,45 @@ void attention_forward(float* out, float* scores, const float* qkv, int64_t B, i
   const int64_t row_tiles = (T + kRows - 1) / kRows;
   const int64_t parts = std::clamp<int64_t>((2 * threads + pairs - 1) / pairs, 1, row_tiles);
   const int64_t rows_per_part = (row_tiles + parts - 1) / parts * kRows;
+  // With keep_probs, scores holds the probabilities, and the scratch is our own.
+  std::vector<float> own_scratch(keep_probs ? threads * s.floats() : 0);
+  float* scratch = keep_probs ? own_scratch.data() : scores;
 #pragma omp parallel for schedule(static)
   for (int64_t item = 0; item < pairs * parts; ++item) {
     const int64_t pair = item / parts, i0 = item % parts * rows_per_part, i1 = std::min(T, i0 + rows_per_part);
     if (i0 >= i1) continue;
-    attend_rows(wide, out, qkv, pair / H, pair % H, i0, i1, B, T, H, Dh, s, scores + omp_get_thread_num() * s.floats());
+    float* probs = keep_probs ? scores + pair * T * T : nullptr;
+    attend_rows(wide, out, probs, qkv, pair / H, pair % H, i0, i1, B, T, H, Dh, s,
+                scratch + omp_get_thread_num() * s.floats());
   }
+}
+
+int64_t attention_backward_workspace_floats(int64_t B, int64_t T, int64_t H) { return 2 * B * H * T * T; }
+
+void attention_backward(float* dqkv, float* workspace, const float* dout, const float* probs, const float* qkv,
+                        int64_t B, int64_t T, int64_t H, int64_t Dh, PrimitiveCache& cache) {
+  const int64_t D = H * Dh, img_qkv = T * 3 * D, img_probs = H * T * T, img_out = T * D;  // per-image strides
+  GemmSpec dp;  // dP (T, T) = dO (T, Dh) @ V^T, V stored (T, Dh) with row stride 3D
+  dp.outer = B, dp.outer_stride_a = img_out, dp.outer_stride_b = img_qkv, dp.outer_stride_c = img_probs;
+  dp.batch = H, dp.m = T, dp.k = Dh, dp.n = T, dp.lda = D, dp.batch_stride_a = Dh;
+  dp.trans_b = true, dp.ldb = 3 * D, dp.batch_stride_b = Dh, dp.batch_stride_c = T * T;
+  GemmSpec dv;  // dV (T, Dh) = P^T @ dO, written into its head's columns of dqkv
+  dv.outer = B, dv.outer_stride_a = img_probs, dv.outer_stride_b = img_out, dv.outer_stride_c = img_qkv;
+  dv.batch = H, dv.m = T, dv.k = T, dv.n = Dh, dv.trans_a = true, dv.lda = T, dv.batch_stride_a = T * T;
+  dv.ldb = D, dv.batch_stride_b = Dh, dv.ldc = 3 * D, dv.batch_stride_c = Dh;
+  GemmSpec dq;  // dQ (T, Dh) = s dS @ K
+  dq.outer = B, dq.outer_stride_a = img_probs, dq.outer_stride_b = img_qkv, dq.outer_stride_c = img_qkv;
+  dq.batch = H, dq.m = T, dq.k = T, dq.n = Dh, dq.batch_stride_a = T * T, dq.ldb = 3 * D, dq.batch_stride_b = Dh;
+  dq.ldc = 3 * D, dq.batch_stride_c = Dh, dq.alpha = 1.0f / std::sqrt(static_cast<float>(Dh));
+  GemmSpec dk = dq;  // dK (T, Dh) = s dS^T @ Q
+  dk.trans_a = true, dk.lda = T;
+  float* dP = workspace;
+  float* dS = workspace + B * H * T * T;
+  cache.gemm(dp).run(dP, dout, qkv + 2 * D);
+  cache.gemm(dv).run(dqkv + 2 * D, probs, dout);
+  SoftmaxBackward(B * H * T, T).run(dS, dP, probs);
+  cache.gemm(dq).run(dqkv, dS, qkv + D);
+  cache.gemm(dk).run(dqkv + D, dS, qkv);
 }
 
 }  // namespace vmoe::nn

@@ -137,6 +137,59 @@ void attention(float* out, const float* qkv, int64_t B, int64_t T, int64_t H, in
       }
 }
 
+void attention_backward(double* dqkv, double* bound, const float* dout, const float* qkv, int64_t B, int64_t T,
+                        int64_t H, int64_t Dh) {
+  const int64_t D = H * Dh, row = 3 * D;
+  const double s = 1.0 / std::sqrt(static_cast<double>(Dh));
+  std::fill(dqkv, dqkv + B * T * row, 0.0);
+  std::fill(bound, bound + B * T * row, 0.0);
+  std::vector<double> p(T * T), ds(T * T), ds_abs(T * T);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      auto q = [&](int64_t i, int64_t d) { return double{qkv[(b * T + i) * row + h * Dh + d]}; };
+      auto k = [&](int64_t i, int64_t d) { return double{qkv[(b * T + i) * row + D + h * Dh + d]}; };
+      auto v = [&](int64_t i, int64_t d) { return double{qkv[(b * T + i) * row + 2 * D + h * Dh + d]}; };
+      auto dout_at = [&](int64_t i, int64_t d) { return double{dout[(b * T + i) * D + h * Dh + d]}; };
+      auto at = [&](double* x, int64_t i, int64_t part, int64_t d) -> double& {
+        return x[(b * T + i) * row + part * D + h * Dh + d];
+      };
+      for (int64_t i = 0; i < T; ++i) {
+        double mx = -INFINITY, sum = 0;
+        for (int64_t j = 0; j < T; ++j) {
+          double acc = 0;
+          for (int64_t d = 0; d < Dh; ++d) acc += q(i, d) * k(j, d);
+          mx = std::max(mx, p[i * T + j] = acc * s);
+        }
+        for (int64_t j = 0; j < T; ++j) sum += p[i * T + j] = std::exp(p[i * T + j] - mx);
+        for (int64_t j = 0; j < T; ++j) p[i * T + j] /= sum;
+        // dP_ij = dO_i . V_j;  dS_ij = P_ij (dP_ij - sum_j' P_ij' dP_ij')
+        std::vector<double> dp(T), dp_abs(T);
+        double dot = 0, dot_abs = 0;
+        for (int64_t j = 0; j < T; ++j) {
+          for (int64_t d = 0; d < Dh; ++d) {
+            dp[j] += dout_at(i, d) * v(j, d);
+            dp_abs[j] += std::fabs(dout_at(i, d) * v(j, d));
+          }
+          dot += p[i * T + j] * dp[j], dot_abs += p[i * T + j] * dp_abs[j];
+        }
+        for (int64_t j = 0; j < T; ++j) {
+          ds[i * T + j] = p[i * T + j] * (dp[j] - dot);
+          ds_abs[i * T + j] = p[i * T + j] * (dp_abs[j] + dot_abs);
+        }
+      }
+      for (int64_t i = 0; i < T; ++i)
+        for (int64_t j = 0; j < T; ++j)
+          for (int64_t d = 0; d < Dh; ++d) {
+            at(dqkv, i, 0, d) += s * ds[i * T + j] * k(j, d);  // dQ = s dS K
+            at(bound, i, 0, d) += s * ds_abs[i * T + j] * std::fabs(k(j, d));
+            at(dqkv, j, 1, d) += s * ds[i * T + j] * q(i, d);  // dK = s dS^T Q
+            at(bound, j, 1, d) += s * ds_abs[i * T + j] * std::fabs(q(i, d));
+            at(dqkv, j, 2, d) += p[i * T + j] * dout_at(i, d);  // dV = P^T dO
+            at(bound, j, 2, d) += p[i * T + j] * std::fabs(dout_at(i, d));
+          }
+    }
+}
+
 int64_t capacity(int64_t tokens, int E, double factor, vmoe::CapacityRounding rounding, int multiple_of) {
   const double exact = static_cast<double>(tokens) * factor / E;
   int64_t c = static_cast<int64_t>(rounding == vmoe::CapacityRounding::ceil ? std::ceil(exact) : std::round(exact));

@@ -45,6 +45,11 @@ void softmax_backward_rows(double* dx, const float* dy, const float* y, int64_t 
 // Multi-head attention over packed QKV: qkv (B*T, 3D) = [q heads | k heads | v heads],
 // out (B*T, D), query scaled by 1/sqrt(Dh).
 void attention(float* out, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Dh);
+// Its backward in double, the probabilities recomputed from qkv: dqkv (B*T, 3D) laid out
+// as qkv, from dout (B*T, D). bound (B*T, 3D) gets each output's magnitude bound, the
+// same sums over absolute values (|dP| bounded by sum_d |dO_d V_d|), for tolerances.
+void attention_backward(double* dqkv, double* bound, const float* dout, const float* qkv, int64_t B, int64_t T,
+                        int64_t H, int64_t Dh);
 
 // ---- routing, one group of S tokens ------------------------------------------------
 

@@ -515,9 +515,9 @@ TEST_CASE("gelu_tanh_inplace matches naive GELU and leaves the row padding alone
 // that is the probabilities' relative error delta. A convex combination of V rows then
 // moves by at most 2 delta max|v|, plus the P V sum's own (T + 2) u max|v|.
 TEST_CASE("attention_forward matches naive multi-head attention", "[ops][attention]") {
-  // keep_probs false is the fused kernel: T and Dh cover its register-tile tails (T not a
-  // multiple of 4 rows or 8 columns, Dh below, at and past multiples of 8), and B * H = 1
-  // and 3 split each pair's rows between threads. keep_probs true is the oneDNN path.
+  // T and Dh cover the fused kernel's register-tile tails (T not a multiple of 4 rows or 8
+  // columns, Dh below, at and past multiples of 8), and B * H = 1 and 3 split each pair's
+  // rows between threads. keep_probs true (training) also writes the probabilities.
   const bool keep_probs = GENERATE(false, true);
   const int64_t B = GENERATE(1, 2, 5), H = GENERATE(1, 3), T = GENERATE(1, 7, 50, 131);
   const int64_t Dh = GENERATE(1, 8, 32, 33, 64);
@@ -530,8 +530,7 @@ TEST_CASE("attention_forward matches naive multi-head attention", "[ops][attenti
   if (keep_probs) CHECK(workspace == B * H * T * T);
   std::vector<float> scores(workspace + 1, 0.0f);
   scores[workspace] = 12345.0f;
-  vmoe::nn::PrimitiveCache cache;
-  vmoe::nn::attention_forward(out.data(), scores.data(), qkv.data(), B, T, H, Dh, cache, keep_probs);
+  vmoe::nn::attention_forward(out.data(), scores.data(), qkv.data(), B, T, H, Dh, keep_probs);
   CHECK(scores[workspace] == 12345.0f);
   naive::attention(ref.data(), qkv.data(), B, T, H, Dh);
   float vmax = 0;
@@ -540,10 +539,10 @@ TEST_CASE("attention_forward matches naive multi-head attention", "[ops][attenti
   const double tol = 2 * (score_err + (T + 2) * kUnit) * vmax + 1e-6;
   INFO("B " << B << " T " << T << " H " << H << " Dh " << Dh << " keep_probs " << keep_probs << " tolerance " << tol);
   CHECK(testutil::max_abs_diff(out.data(), ref.data(), out.size()) <= tol);
-  if (!keep_probs) {  // the AVX2 tiles too, where the CPU has AVX-512 (on others, the same run again)
+  {  // the AVX2 tiles too, where the CPU has AVX-512 (on others, the same run again)
     std::fill(out.begin(), out.end(), 7.0f);
     vmoe::nn::attention_allow_avx512(false);
-    vmoe::nn::attention_forward(out.data(), scores.data(), qkv.data(), B, T, H, Dh, cache, keep_probs);
+    vmoe::nn::attention_forward(out.data(), scores.data(), qkv.data(), B, T, H, Dh, keep_probs);
     vmoe::nn::attention_allow_avx512(true);
     CHECK(scores[workspace] == 12345.0f);
     CHECK(testutil::max_abs_diff(out.data(), ref.data(), out.size()) <= tol);
@@ -569,6 +568,44 @@ TEST_CASE("attention_forward matches naive multi-head attention", "[ops][attenti
   }
 }
 
+// The backward: an output's error is at most (delta + (T + Dh + 8) u) times its bound
+// (naive::attention_backward: the same sums over absolute values), with delta the kept
+// probabilities' relative error (as in the forward test above), doubled for the two
+// roundings dS = P (dP - c) stacks on top of dP's own.
+TEST_CASE("attention_backward matches the naive attention gradient", "[ops][attention]") {
+  const int64_t B = GENERATE(1, 3), H = GENERATE(1, 3), T = GENERATE(1, 7, 50, 131);
+  const int64_t Dh = GENERATE(1, 8, 32, 33, 64);
+  const int64_t D = H * Dh;
+  auto qkv = testutil::random_normal(B * T * 3 * D, 7 + B + T + H + Dh);
+  auto dout = testutil::random_normal(B * T * D, 9 + B + T + H + Dh);
+  std::vector<float> out(B * T * D), probs(B * H * T * T);
+  vmoe::nn::attention_forward(out.data(), probs.data(), qkv.data(), B, T, H, Dh, /*keep_probs=*/true);
+  std::vector<float> dqkv(B * T * 3 * D + 1, 7.0f);
+  dqkv.back() = 12345.0f;  // a guard float after the output, and after the workspace
+  std::vector<float> workspace(vmoe::nn::attention_backward_workspace_floats(B, T, H) + 1);
+  workspace.back() = 12345.0f;
+  vmoe::nn::PrimitiveCache cache;
+  vmoe::nn::attention_backward(dqkv.data(), workspace.data(), dout.data(), probs.data(), qkv.data(), B, T, H, Dh,
+                               cache);
+  CHECK(dqkv.back() == 12345.0f);
+  CHECK(workspace.back() == 12345.0f);
+  std::vector<double> ref(B * T * 3 * D), bound(B * T * 3 * D);
+  naive::attention_backward(ref.data(), bound.data(), dout.data(), qkv.data(), B, T, H, Dh);
+  float vmax = 0;
+  for (float v : qkv) vmax = std::max(vmax, std::fabs(v));
+  const double delta = 2 * ((Dh + 2) * kUnit * Dh * vmax * vmax / std::sqrt(double(Dh)) + (T + 8) * kUnit);
+  const double rel = 2 * (delta + (T + Dh + 8) * kUnit);
+  int bad = 0;
+  double worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double err = std::fabs(dqkv[i] - ref[i]);
+    bad += !(err <= rel * bound[i] + 1e-30);
+    worst = std::max(worst, err / (rel * bound[i] + 1e-30));
+  }
+  INFO("B " << B << " T " << T << " H " << H << " Dh " << Dh << " worst error / tolerance " << worst);
+  CHECK(bad == 0);
+}
+
 // A NaN in one query makes that query's output row NaN (as in the naive twin), and only it.
 TEST_CASE("attention_forward propagates a NaN query to its own row", "[ops][attention]") {
   const int64_t B = 2, T = GENERATE(1, 7, 50), H = 3, Dh = GENERATE(8, 33), D = H * Dh;
@@ -576,8 +613,7 @@ TEST_CASE("attention_forward propagates a NaN query to its own row", "[ops][atte
   const int64_t b = 1, i = T - 1, h = 2;
   qkv[(b * T + i) * 3 * D + h * Dh] = std::nanf("");
   std::vector<float> out(B * T * D), scores(vmoe::nn::attention_workspace_floats(B, T, H, Dh, false));
-  vmoe::nn::PrimitiveCache cache;
-  vmoe::nn::attention_forward(out.data(), scores.data(), qkv.data(), B, T, H, Dh, cache);
+  vmoe::nn::attention_forward(out.data(), scores.data(), qkv.data(), B, T, H, Dh);
   int nan_inside = 0, nan_outside = 0;
   for (int64_t row = 0; row < B * T; ++row)
     for (int64_t c = 0; c < D; ++c) {
