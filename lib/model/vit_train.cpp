@@ -130,26 +130,27 @@ void TrainGraph::block_forward(int l, const BlockParams& p, float* x_out, std::m
   pack_qkv(qkv_kernel_.data(), qkv_bias_.data(), p, D);
   linear(a.qkv.data(), a.h0.data(), qkv_kernel_.data(), qkv_bias_.data(), N, D, 3 * D, cache_);
   nn::attention_forward(a.attn.data(), a.probs.data(), a.qkv.data(), B_, T_, H_, Dh_, /*keep_probs=*/true);
-  std::memcpy(a.x_mid.data(), a.x_in.data(), sizeof(float) * N * D);
+  // The residual by a pass of our own, not a copy and the matmul's sum post-op: that pair
+  // measured 1.2x slower on these shapes (docs/BENCHMARKS.md, session 15).
   GemmSpec out;
-  out.m = N, out.k = D, out.n = D, out.bias = true, out.beta = 1.0f;
+  out.m = N, out.k = D, out.n = D, out.bias = true;
   cache_.gemm(out).run(a.x_mid.data(), a.attn.data(), p.out_kernel.data(), p.out_bias.data());
+  add_into(a.x_mid.data(), a.x_in.data(), N * D);
   attention.reset();
   {
     ScopedStage stage(t, &StageTimes::norms);
     norm_.forward(a.h1.data(), a.mean1.data(), a.var1.data(), a.x_mid.data(), p.ln1_scale.data(), p.ln1_bias.data());
   }
-  std::memcpy(x_out, a.x_mid.data(), sizeof(float) * N * D);
   if (a.moe) {
+    std::memcpy(x_out, a.x_mid.data(), sizeof(float) * N * D);
     moe_timed(a, t, [&] { a.moe->forward(x_out, a.h1.data(), p, noise, cache_); });
     return;
   }
   ScopedStage stage(t, &StageTimes::dense_mlp);
   linear(a.u.data(), a.h1.data(), p.mlp0_kernel.data(), p.mlp0_bias.data(), N, D, M_, cache_);
   nn::gelu_forward(a.a.data(), a.u.data(), a.u.data(), N * M_);
-  GemmSpec down;
-  down.m = N, down.k = M_, down.n = D, down.bias = true, down.beta = 1.0f;
-  cache_.gemm(down).run(x_out, a.a.data(), p.mlp1_kernel.data(), p.mlp1_bias.data());
+  linear(x_out, a.a.data(), p.mlp1_kernel.data(), p.mlp1_bias.data(), N, M_, D, cache_);
+  add_into(x_out, a.x_mid.data(), N * D);
 }
 
 StepResult TrainGraph::forward(const VitParams& params, const float* images, const int* labels,
