@@ -2,7 +2,7 @@
 """The peer benchmark: the same model in idiomatic eval-mode PyTorch (Debian's python3-torch).
 
   bench_vs_torch.py -m MODEL.safetensors --batch 1,8,64 [--seconds S] [--threads 2]
-                    [--check VMOE_BINARY]
+                    [--check VMOE_BINARY] [--train]
 
 Builds an nn.Module from our safetensors file (DESIGN.md §2-§4: pre-LN ViT with
 nn.MultiheadAttention, GELU tanh or erf as the config says; V-MoE top-k with capacity and batch priority routing as
@@ -15,6 +15,12 @@ peak_rss_kb is the process's peak so far (batches run in the order given).
 --check runs `VMOE classify --json` on a few random images and compares its logits with
 this model's; a difference above 1e-3 (relative to the logits' scale) is an error.
 Only the speed comparison is the point here: tests/reference holds the exact reference.
+
+--train times training steps instead, as a user would write them (the peer of `vmoe bench
+--train`): train mode, softmax cross-entropy on random labels, loss.backward(), AdamW.
+Top-k MoE layers add the V-MoE importance loss (weight 0.005, as vmoe's default); the
+load loss and router noise, which vmoe also computes, are left out, which only makes
+PyTorch's step lighter than vmoe's. The line then carries "mode": "train".
 """
 
 import argparse
@@ -121,6 +127,9 @@ class TopKMoe(nn.Module):
                      self.moe["capacity_rounding"])
         xs = flat.reshape(G, S, D)
         gates = torch.softmax(self.router(xs), dim=-1)  # (G, S, E)
+        if self.training:  # importance loss: squared coefficient of variation of gate sums, per group
+            importance = gates.sum(dim=1)  # (G, E)
+            self.aux = (importance.var(dim=-1, unbiased=False) / importance.mean(dim=-1) ** 2).mean()
         top_gate, top_expert = torch.topk(gates, k, dim=-1)  # (G, S, k), ties -> lower index
         if self.moe["batch_priority"]:
             if torch.onnx.is_in_onnx_export():  # stable sort does not export; ONNX TopK
@@ -324,6 +333,30 @@ def bench(model, cfg, batch, seconds):
     return batch * n / elapsed
 
 
+def bench_train(model, cfg, batch, seconds, importance_weight=0.005):
+    img = cfg["image"]
+    images = torch.rand(batch, img["height"], img["width"], img["channels"]) * 2 - 1
+    labels = torch.randint(0, cfg["num_classes"], (batch,))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    top_k = [m for m in model.modules() if isinstance(m, TopKMoe)]
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(images), labels)
+        if top_k:
+            loss = loss + importance_weight * sum(m.aux for m in top_k)
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up
+    n, start = 0, time.perf_counter()
+    while n < 2 or time.perf_counter() - start < seconds:
+        step()
+        n += 1
+    return batch * n / (time.perf_counter() - start)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-m", "--model", required=True)
@@ -331,6 +364,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--check", metavar="VMOE", help="compare logits with this vmoe binary first")
+    ap.add_argument("--train", action="store_true", help="time training steps (AdamW) instead of inference")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params, cfg = read_safetensors(args.model)
@@ -340,9 +374,12 @@ def main():
         diff = check(model, cfg, args.model, args.check)
         print(json.dumps({"check": "ok", "max_abs_logit_diff": diff}), flush=True)
     for b in (int(s) for s in args.batch.split(",")):
-        ips = bench(model, cfg, b, args.seconds)
+        ips = (bench_train if args.train else bench)(model, cfg, b, args.seconds)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(json.dumps({"batch": b, "images_per_s": ips, "peak_rss_kb": rss}), flush=True)
+        line = {"batch": b, "images_per_s": ips, "peak_rss_kb": rss}
+        if args.train:
+            line["mode"] = "train"
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
