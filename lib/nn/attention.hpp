@@ -30,8 +30,9 @@ void attention_forward(float* out, float* scores, const float* qkv, int64_t B, i
 //   dP = dO V^T,  dS = P * (dP - rowsum(dP * P)),  dQ = s dS K,  dK = s dS^T Q,  dV = P^T dO
 // written into dqkv (B*T, 3*D) laid out as qkv. oneDNN's batched matmuls over images and
 // heads; dP and dS go to workspace, attention_backward_workspace_floats(B, T, H) floats.
-// (A hand-written fused backward measured 1.05-1.1x on this op alone and no difference on
-// a training step, AVX2 only: docs/BENCHMARKS.md, session 15.)
+// (A hand-written fused backward with AVX2 tiles measured 0.98-1.05x on this op alone in
+// the final interleaved runs, and no difference on a training step: docs/BENCHMARKS.md,
+// session 15.)
 int64_t attention_backward_workspace_floats(int64_t B, int64_t T, int64_t H);
 void attention_backward(float* dqkv, float* workspace, const float* dout, const float* probs, const float* qkv,
                         int64_t B, int64_t T, int64_t H, int64_t Dh, PrimitiveCache& cache);
